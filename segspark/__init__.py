@@ -1,0 +1,5 @@
+"""segspark: distributed customer segmentation on Spark, Delta Lake and MLflow."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""The ``segspark`` command: global options, subcommands, exit codes.
+
+Exit codes (DESIGN.md): 0 success; 1 a runtime failure or a write conflict; 2 bad usage or bad
+config/input that made the step impossible. Failures print one line, never a JVM stack trace
+(``--verbose`` adds the traceback to the log).
+
+Each subcommand lives in ``segspark.commands.<name>`` with ``add_parser(subparsers, parent)``
+registering itself and a ``run(ctx, args) -> int`` handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from segspark import __version__
+from segspark.config import Settings, load_settings
+from segspark.errors import SegsparkError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from segspark.lake import Lake
+
+log = logging.getLogger("segspark")
+
+COMMANDS = (
+    "maintain",
+)
+
+
+@dataclass
+class Context:
+    """What a subcommand needs: resolved settings, and the session and lake on first use."""
+
+    args: argparse.Namespace
+    _settings: dict[str | None, Settings] = field(default_factory=dict)
+    _spark: SparkSession | None = None
+
+    def settings(self, domain: str | None = None) -> Settings:
+        if domain not in self._settings:
+            overrides = list(self.args.set or [])
+            lake_root = self.args.lake or os.environ.get("SEGSPARK_LAKE")
+            if lake_root:
+                overrides.append(f"lake.root={lake_root}")
+            self._settings[domain] = load_settings(
+                domain=domain, env=self.args.env, files=self.args.conf or [], overrides=overrides
+            )
+        return self._settings[domain]
+
+    def spark(self, domain: str | None = None) -> SparkSession:
+        if self._spark is None:
+            from segspark.session import build_session
+
+            self._spark = build_session(self.settings(domain).spark)
+        return self._spark
+
+    def lake(self, domain: str | None = None) -> Lake:
+        from segspark.lake import Lake
+
+        settings = self.settings(domain)
+        return Lake.from_settings(self.spark(domain), settings.lake)
+
+    def tracking_uri(self, domain: str | None = None) -> str:
+        from segspark.tracking import resolve_tracking_uri
+
+        settings = self.settings(domain)
+        return resolve_tracking_uri(self.args.tracking_uri, settings)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--lake", metavar="PATH", default=default,
+        help="lake root (default ./lakehouse, env SEGSPARK_LAKE)",
+    )
+    parser.add_argument(
+        "--conf", metavar="FILE", action="append", default=default,
+        help="extra YAML config layered over conf/ (repeatable)",
+    )
+    parser.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=default,
+        help="override one config key, e.g. --set lake.backend=delta-rs (repeatable)",
+    )
+    parser.add_argument(
+        "--env", metavar="NAME", default=default,
+        help="environment overlay: local, cluster, test (env SEGSPARK_ENV, default local)",
+    )
+    parser.add_argument(
+        "--tracking-uri", metavar="URI", default=default,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the lake)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log progress and details"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segspark",
+        description="Customer segmentation at scale on Spark, Delta Lake and MLflow.",
+    )
+    parser.add_argument("--version", action="version", version=f"segspark {__version__}")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"segspark.commands.{name}")
+        module.add_parser(sub, common)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for noisy in ("py4j", "alembic", "urllib3", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (``sys.exit`` is left to the caller)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage line
+        return int(exc.code or 0)
+    _configure_logging(bool(args.verbose))
+    ctx = Context(args)
+    try:
+        return int(args.handler(ctx, args))
+    except SegsparkError as exc:
+        log.debug("failed", exc_info=True)
+        print(f"segspark: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("segspark: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, --verbose the traceback
+        from pyspark.errors import AnalysisException, ParseException
+
+        log.debug("failed", exc_info=True)
+        if isinstance(exc, AnalysisException | ParseException):
+            print(f"segspark: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"segspark: failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,144 @@
+"""The one place a SparkSession is built.
+
+Locally (plain ``python`` or the ``segspark`` command) the session gets settings suited to one
+machine: UTC, adaptive execution, shuffle partitions sized to the cores, Arrow, Parquet
+timestamps as ``TIMESTAMP_MICROS`` (readable by every Delta reader) and quiet logs. Under
+``spark-submit`` the master and every setting the user gave are kept; segspark only fills in
+settings that were left unset.
+
+Example:
+    >>> from segspark.config import load_settings
+    >>> spark = build_session(load_settings().spark)
+    >>> spark.conf.get("spark.sql.session.timeZone")
+    'UTC'
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from pyspark import SparkConf, SparkContext
+from pyspark.errors import AnalysisException
+from pyspark.sql import SparkSession
+
+from segspark.config import SparkSettings
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+_LOG4J = Path(__file__).resolve().parent / "log4j2.properties"
+
+
+def under_spark_submit() -> bool:
+    """True when this Python driver was started by ``spark-submit`` (the JVM came first)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _cores(master: str) -> int:
+    match = re.fullmatch(r"local\[(\d+)(?:,\d+)?\]", master)
+    if match:
+        return int(match.group(1))
+    return os.cpu_count() or 2
+
+
+def delta_jars_present() -> bool:
+    """Whether a delta-spark jar sits in Spark's own jars folder (e.g. the Docker image)."""
+    import pyspark
+
+    folders = [Path(pyspark.__file__).parent / "jars"]
+    if os.environ.get("SPARK_HOME"):
+        folders.append(Path(os.environ["SPARK_HOME"]) / "jars")
+    return any(glob.glob(str(folder / "delta-spark_2.13-*.jar")) for folder in folders)
+
+
+def session_defaults(settings: SparkSettings, *, local: bool) -> dict[str, str]:
+    """The settings segspark applies where the user has not set them."""
+    master = settings.master
+    partitions = settings.shuffle_partitions or 2 * _cores(master)
+    conf = {
+        "spark.app.name": settings.app_name,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.shuffle.partitions": str(partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+        "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",
+        "spark.ui.enabled": str(settings.ui).lower(),
+        "spark.ui.showConsoleProgress": "false",
+    }
+    if local:
+        conf.update(
+            {
+                "spark.master": master,
+                "spark.driver.memory": "4g",
+                "spark.default.parallelism": str(partitions),
+                "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_LOG4J}",
+            }
+        )
+    if settings.delta_packages or delta_jars_present():
+        conf["spark.sql.extensions"] = DELTA_EXTENSION
+        conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    conf.update(settings.conf)
+    return conf
+
+
+def build_session(settings: SparkSettings) -> SparkSession:
+    """Return the process's SparkSession, building it on first use.
+
+    An already active session (a test fixture, a notebook, a second step in one process) is
+    returned as it is: segspark never reconfigures a session it did not build.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    submitted = under_spark_submit()
+    if not submitted:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    given = None
+    if submitted:
+        SparkContext._ensure_initialized()  # connect to spark-submit's JVM to see its settings
+        given = SparkConf()
+    builder = SparkSession.builder
+    for key, value in session_defaults(settings, local=not submitted).items():
+        if given is not None and given.contains(key):
+            continue
+        builder = builder.config(key, value)
+    if settings.delta_packages and not submitted:
+        from delta import configure_spark_with_delta_pip
+
+        builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.log_level)
+    log.info(
+        "spark session: master=%s, delta extension %s",
+        spark.sparkContext.master,
+        "loaded" if delta_extension_active(spark) else "absent",
+    )
+    return spark
+
+
+def delta_extension_active(spark: SparkSession) -> bool:
+    """Whether Spark's own Delta data source is usable in this session.
+
+    The extension must be configured and the ``delta`` source must resolve (a configured
+    extension whose jars are missing does not count).
+    """
+    if DELTA_EXTENSION not in (spark.conf.get("spark.sql.extensions", "") or ""):
+        return False
+    probe = os.path.join(tempfile.gettempdir(), "segspark-delta-probe-does-not-exist")
+    try:
+        spark.read.format("delta").load(probe)
+    except AnalysisException as exc:
+        condition = exc.getCondition() or ""
+        return "DATA_SOURCE_NOT_FOUND" not in condition and "delta" in str(exc).lower()
+    except Exception:  # noqa: BLE001 - a missing class surfaces as a Py4J error
+        return False
+    return True
