@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("segspark")
 
-COMMANDS = (
-    "maintain",
-)
+COMMANDS = ("maintain",)
 
 
 @dataclass
@@ -77,23 +75,35 @@ class Context:
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     default: Any = argparse.SUPPRESS if suppress else None
     parser.add_argument(
-        "--lake", metavar="PATH", default=default,
+        "--lake",
+        metavar="PATH",
+        default=default,
         help="lake root (default ./lakehouse, env SEGSPARK_LAKE)",
     )
     parser.add_argument(
-        "--conf", metavar="FILE", action="append", default=default,
+        "--conf",
+        metavar="FILE",
+        action="append",
+        default=default,
         help="extra YAML config layered over conf/ (repeatable)",
     )
     parser.add_argument(
-        "--set", metavar="KEY=VALUE", action="append", default=default,
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=default,
         help="override one config key, e.g. --set lake.backend=delta-rs (repeatable)",
     )
     parser.add_argument(
-        "--env", metavar="NAME", default=default,
+        "--env",
+        metavar="NAME",
+        default=default,
         help="environment overlay: local, cluster, test (env SEGSPARK_ENV, default local)",
     )
     parser.add_argument(
-        "--tracking-uri", metavar="URI", default=default,
+        "--tracking-uri",
+        metavar="URI",
+        default=default,
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the lake)",
     )
     parser.add_argument(
@@ -151,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segspark: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the user gets one line, --verbose the traceback
+    except Exception as exc:
         from pyspark.errors import AnalysisException, ParseException
 
         log.debug("failed", exc_info=True)

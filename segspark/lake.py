@@ -118,7 +118,7 @@ def _sql_literal(value: PartitionValue) -> str:
 
 
 def replace_predicate(replace: Mapping[str, PartitionValue], schema: StructType) -> str:
-    """The SQL predicate (for Delta's ``replaceWhere``) selecting the partitions ``replace`` names."""
+    """The SQL predicate (Delta's ``replaceWhere``) selecting the partitions ``replace`` names."""
     parts = []
     for column, value in replace.items():
         ctype = schema[column].dataType.simpleString()
@@ -408,8 +408,7 @@ class DeltaRsBackend:
             for c in partitions
         }
         hive = all(
-            _hive_consistent(f, {c: values[c][i] for c in partitions})
-            for i, f in enumerate(files)
+            _hive_consistent(f, {c: values[c][i] for c in partitions}) for i, f in enumerate(files)
         )
         if hive:
             df = self.spark.read.schema(schema).option("basePath", root).parquet(*paths)
@@ -437,7 +436,9 @@ class DeltaRsBackend:
             return
         arrow = to_arrow_schema(schema)
         DeltaTable.create(
-            _local_path(path), Schema.from_arrow(arrow), partition_by=list(partition_by) or None,
+            _local_path(path),
+            Schema.from_arrow(arrow),
+            partition_by=list(partition_by) or None,
             mode="ignore",
         )
 
@@ -577,6 +578,7 @@ class DeltaRsBackend:
                 log.info("table created concurrently (%s); committing into it", exc)
                 existing = DeltaTable(root)
                 self._check_schema_against(existing, schema, root)
+        self._evolve(existing, schema)
         filters = None
         commit_mode = mode
         if replace:
@@ -597,6 +599,15 @@ class DeltaRsBackend:
             ) from exc
         existing.update_incremental()
         return int(existing.version())
+
+    @staticmethod
+    def _evolve(table: Any, schema: Any) -> None:
+        """Add the columns ``schema`` has and the table lacks (merge_schema), as one commit."""
+        current = set(pa.schema(table.schema().to_arrow()).names)
+        added = [f for f in schema.fields if f.name not in current]
+        if added:
+            table.alter.add_columns(added)
+            table.update_incremental()
 
     def _check_schema_against(self, table: Any, schema: Any, root: str) -> None:
         current = pa.schema(table.schema().to_arrow())
@@ -687,7 +698,8 @@ class SparkDeltaBackend:
         return bool(DeltaTable.isDeltaTable(self.spark, path))
 
     def schema(self, path: str) -> StructType:
-        return self._table(path).toDF().schema
+        schema: StructType = self._table(path).toDF().schema
+        return schema
 
     def partition_columns(self, path: str) -> list[str]:
         detail = self._table(path).detail().select("partitionColumns").first()
@@ -881,10 +893,10 @@ class Lake:
 
     def _remote_tables(self) -> list[str]:
         # Hadoop's FileSystem has no Python API; listing a cluster store goes through the JVM.
-        jvm = self.spark._jvm  # noqa: SLF001
+        jvm = self.spark._jvm
         assert jvm is not None
         hpath = jvm.org.apache.hadoop.fs.Path(self.root)
-        fs = hpath.getFileSystem(self.spark._jsc.hadoopConfiguration())  # noqa: SLF001
+        fs = hpath.getFileSystem(self.spark._jsc.hadoopConfiguration())
         names = []
         for status in fs.listStatus(hpath):
             name = status.getPath().getName()
@@ -924,9 +936,7 @@ class Lake:
         stamp = _as_datetime(as_of) if as_of is not None else None
         return self.backend.read(self._require(table), version=version, as_of=stamp)
 
-    def create(
-        self, table: str, schema: StructType, *, partition_by: Sequence[str] = ()
-    ) -> None:
+    def create(self, table: str, schema: StructType, *, partition_by: Sequence[str] = ()) -> None:
         """Create ``table`` empty with ``schema`` if it does not exist yet."""
         self.backend.create(self.path(table), schema, partition_by)
 
@@ -945,7 +955,8 @@ class Lake:
         """Write ``df`` to ``table`` as one new version.
 
         ``mode="append"`` adds rows; ``mode="overwrite"`` replaces the whole table, or only the
-        partitions named by ``replace`` (``{"domain": "retail", "as_of": "2024-01-31"}``), atomically.
+        partitions named by ``replace`` (``{"domain": "retail", "as_of": "2024-01-31"}``),
+        atomically.
         With ``app_id`` and ``app_version`` the write is idempotent: a write whose key was already
         committed (same app id, version not newer) adds nothing and returns ``skipped=True``.
         The schema must match the table's (``merge_schema=True`` adds new columns).

@@ -20,7 +20,9 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--table", action="append", metavar="T", help="only this table (repeatable)")
     p.add_argument(
-        "--retention-hours", type=float, default=None,
+        "--retention-hours",
+        type=float,
+        default=None,
         help="vacuum retention (default lake.vacuum_retention_hours)",
     )
     p.add_argument(
@@ -39,8 +41,9 @@ def run(ctx: Any, args: argparse.Namespace) -> int:
         if args.retention_hours is not None
         else settings.lake.vacuum_retention_hours
     )
-    reports = lake.maintain(tables, retention_hours=hours, force=args.force,
-                            vacuum=not args.no_vacuum)
+    reports = lake.maintain(
+        tables, retention_hours=hours, force=args.force, vacuum=not args.no_vacuum
+    )
     for r in reports:
         print(
             f"{r.table}: compacted {r.compacted_files} file(s), checkpoint at version "
