@@ -1,0 +1,72 @@
+"""The session factory: local defaults, respect for what spark-submit gave."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from pyspark.sql import SparkSession
+
+from segspark.config import load_settings
+from segspark.session import build_session, delta_extension_active, session_defaults
+
+
+def test_fixture_session_has_the_local_defaults(spark: SparkSession) -> None:
+    conf = spark.conf
+    assert conf.get("spark.sql.session.timeZone") == "UTC"
+    assert conf.get("spark.sql.shuffle.partitions") == "2"
+    assert conf.get("spark.sql.adaptive.enabled") == "true"
+    assert conf.get("spark.sql.parquet.outputTimestampType") == "TIMESTAMP_MICROS"
+    assert conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
+    assert spark.sparkContext.master == "local[2]"
+
+
+def test_an_active_session_is_returned_untouched(spark: SparkSession) -> None:
+    other = load_settings(env="local", overrides=["spark.shuffle_partitions=64"])
+    assert build_session(other.spark) is spark
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
+
+
+def test_shuffle_partitions_default_to_twice_the_cores() -> None:
+    s = load_settings(env="local", overrides=["spark.master=local[3]"]).spark
+    assert session_defaults(s, local=True)["spark.sql.shuffle.partitions"] == "6"
+    assert session_defaults(s, local=False).get("spark.master") is None
+
+
+def test_user_conf_is_applied() -> None:
+    s = load_settings(env="test", overrides=["spark.conf={spark.sql.ansi.enabled: 'false'}"]).spark
+    assert session_defaults(s, local=True)["spark.sql.ansi.enabled"] == "false"
+
+
+def test_delta_extension_is_reported_absent_without_jars(spark: SparkSession) -> None:
+    # Maven Central is unreachable here, so the jars are absent and delta-rs is the backend.
+    assert delta_extension_active(spark) is False
+
+
+def test_spark_submit_settings_win_over_segspark_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pyspark
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from segspark.config import load_settings
+            from segspark.session import build_session
+            spark = build_session(load_settings(env="local").spark)
+            print("RESULT", spark.sparkContext.master,
+                  spark.conf.get("spark.sql.shuffle.partitions"),
+                  spark.conf.get("spark.sql.session.timeZone"))
+            spark.stop()
+            """
+        )
+    )
+    submit = f"{pyspark.__path__[0]}/bin/spark-submit"
+    out = subprocess.run(
+        [submit, "--master", "local[1]", "--conf", "spark.sql.shuffle.partitions=7", str(script)],
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYSPARK_PYTHON": sys.executable,
+             "PYSPARK_DRIVER_PYTHON": sys.executable},
+    )
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line == ["RESULT local[1] 7 UTC"], out.stderr[-2000:]
