@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -26,7 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segspark.errors import ConfigError
 
@@ -69,11 +77,247 @@ class QuerySettings(_Strict):
     max_rows: int = Field(ge=1)
 
 
+class ClvOptimizerSettings(_Strict):
+    method: Literal["L-BFGS-B", "BFGS"]
+    max_iter: int = Field(ge=1)
+    gtol: float = Field(gt=0)
+
+
+class ClvSettings(_Strict):
+    horizon_weeks: float = Field(gt=0)
+    clv_months: int = Field(ge=1, le=600)
+    discount_rate: float = Field(ge=0)
+    discount_period: Literal["monthly", "annual"]
+    spend_significant_digits: int | None = Field(ge=1, le=15)
+    max_distinct_statistics: int = Field(ge=1)
+    optimizer: ClvOptimizerSettings
+
+
+class RetailSegmentSettings(_Strict):
+    share: float = Field(gt=0, lt=1)
+    purchases_per_month: float = Field(gt=0)
+    basket_median: float = Field(gt=0)
+    basket_sigma: float = Field(ge=0, le=3)
+    items_mean: float = Field(gt=1)
+
+
+class RetailSynthSettings(_Strict):
+    id_prefix: str = Field(pattern=r"^[A-Z]{1,3}$")
+    customer_sigma: float = Field(ge=0, le=2)
+    weekday_weights: list[float] = Field(min_length=7, max_length=7)
+    hour_weights: list[float] = Field(min_length=24, max_length=24)
+    month_factors: list[float] = Field(min_length=12, max_length=12)
+    segments: dict[str, RetailSegmentSettings] = Field(min_length=2)
+    affinity: dict[str, dict[str, float]]
+
+
+class TelecomSegmentSettings(_Strict):
+    share: float = Field(gt=0, lt=1)
+    voice_per_day: float = Field(ge=0)
+    sms_per_day: float = Field(ge=0)
+    data_per_day: float = Field(ge=0)
+    voice_median_s: float = Field(gt=0)
+    voice_sigma: float = Field(ge=0, le=3)
+    data_median_mb: float = Field(gt=0)
+    data_sigma: float = Field(ge=0, le=3)
+    intl_share: float = Field(ge=0, le=1)
+    out_share: float = Field(ge=0, le=1)
+    contacts: int = Field(ge=1)
+    hour_weights: list[float] = Field(min_length=24, max_length=24)
+
+
+class TelecomSynthSettings(_Strict):
+    id_prefix: str = Field(pattern=r"^[A-Z]{1,3}$")
+    customer_sigma: float = Field(ge=0, le=2)
+    weekday_weights: list[float] = Field(min_length=7, max_length=7)
+    home_country_code: int = Field(ge=1, le=999)
+    intl_country_codes: list[int] = Field(min_length=1)
+    segments: dict[str, TelecomSegmentSettings] = Field(min_length=2)
+    affinity: dict[str, dict[str, float]]
+
+
+class EnergySegmentSettings(_Strict):
+    share: float = Field(gt=0, lt=1)
+    sector: Literal["residential", "commercial", "industrial", "agricultural"]
+    daily_kwh: float = Field(gt=0)
+    customer_sigma: float = Field(ge=0, le=2)
+    load_shape: list[float] = Field(min_length=24, max_length=24)
+    weekend_factor: float = Field(ge=0)
+    season_amplitude: float = Field(ge=0, lt=1)
+    season_peak_day: int = Field(ge=1, le=366)
+
+
+class EnergySynthSettings(_Strict):
+    id_prefix: str = Field(pattern=r"^[A-Z]{1,3}$")
+    interval_minutes: Literal[15, 30, 60]
+    noise_sigma: float = Field(ge=0, le=2)
+    sector_noise: float = Field(ge=0, le=1)
+    segments: dict[str, EnergySegmentSettings] = Field(min_length=2)
+    affinity: dict[str, dict[str, float]]
+
+
+class SynthSettings(_Strict):
+    """Synthetic data with planted segments (``segspark.synth`` documents the model)."""
+
+    seed: int
+    start: dt.date
+    end: dt.date
+    migration_share: float = Field(ge=0, lt=1)
+    existing_share: float = Field(ge=0, le=1)
+    history_days: int = Field(ge=1)
+    lapse_rate: float = Field(ge=0, lt=1)
+    rows_per_partition: int = Field(ge=1)
+    regions: dict[str, float]
+    age_bands: dict[str, float]
+    income_bands: dict[str, float]
+    retail: RetailSynthSettings
+    telecom: TelecomSynthSettings
+    energy: EnergySynthSettings
+
+
+class SourcesSettings(_Strict):
+    """Rules and bounds of ``segspark ingest`` (see :mod:`segspark.sources`), per bronze table."""
+
+    earliest_event_date: dt.date
+    future_tolerance_hours: float = Field(ge=0)
+    time_bounded: dict[str, list[str]]
+    non_negative: dict[str, list[str]]
+    enums: dict[str, dict[str, list[str]]]
+    natural_keys: dict[str, list[str]]
+    timestamp_format: str | None
+    top_reasons: int = Field(ge=0)
+    reader_options: dict[str, dict[str, str | bool | int | float]]
+
+
+def _distinct_in(values: list[int], low: int, high: int) -> list[int]:
+    bad = [v for v in values if not low <= v <= high]
+    if bad:
+        raise ValueError(f"values must lie in {low}..{high}, got {bad}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"values must not repeat, got {values}")
+    return values
+
+
+class RetailFeaturesSettings(_Strict):
+    window_days: int | None = Field(ge=1)
+    trend_days: int = Field(ge=1)
+    rfm_scores: int = Field(ge=2, le=100)
+
+    @model_validator(mode="after")
+    def _trend_fits(self) -> RetailFeaturesSettings:
+        if self.window_days is not None and self.window_days < 2 * self.trend_days:
+            raise ValueError("window_days must be null or at least 2 x trend_days")
+        return self
+
+
+class TelecomFeaturesSettings(_Strict):
+    window_days: int = Field(ge=1)
+    trend_days: int = Field(ge=1)
+    night_hours: list[int] = Field(min_length=1, max_length=23)
+
+    _hours = field_validator("night_hours")(lambda v: _distinct_in(v, 0, 23))
+
+    @model_validator(mode="after")
+    def _trend_fits(self) -> TelecomFeaturesSettings:
+        if self.window_days < 2 * self.trend_days:
+            raise ValueError("window_days must be at least 2 x trend_days")
+        return self
+
+
+class EnergyFeaturesSettings(_Strict):
+    window_days: int = Field(ge=1)
+    evening_hours: list[int] = Field(min_length=1, max_length=23)
+    base_load_percentile: float = Field(ge=0, le=1)
+    percentile_accuracy: int = Field(ge=1)
+    winter_months: list[int] = Field(min_length=1, max_length=11)
+    summer_months: list[int] = Field(min_length=1, max_length=11)
+    season_min_days: int = Field(ge=1)
+
+    _hours = field_validator("evening_hours")(lambda v: _distinct_in(v, 0, 23))
+    _months = field_validator("winter_months", "summer_months")(lambda v: _distinct_in(v, 1, 12))
+
+    @model_validator(mode="after")
+    def _seasons_disjoint(self) -> EnergyFeaturesSettings:
+        if set(self.winter_months) & set(self.summer_months):
+            raise ValueError("winter_months and summer_months must not share a month")
+        return self
+
+
+class FeaturesSettings(_Strict):
+    """Silver per-customer features (``segspark.features``; the catalog documents each column)."""
+
+    weekend_days: list[int] = Field(min_length=1, max_length=6)
+    retail: RetailFeaturesSettings
+    telecom: TelecomFeaturesSettings
+    energy: EnergyFeaturesSettings
+
+    _days = field_validator("weekend_days")(lambda v: _distinct_in(v, 1, 7))
+
+
+_WORD = r"^[A-Za-z][A-Za-z0-9&/' -]{0,39}$"
+
+
+class FeatureWordsSettings(_Strict):
+    """Words naming a segment whose mean of one feature is high or low (None: never used)."""
+
+    high: str | None = Field(default=None, pattern=_WORD)
+    low: str | None = Field(default=None, pattern=_WORD)
+
+
+class NamingSettings(_Strict):
+    """Automatic segment names from the strongest z-scores (``segspark.model.profile``)."""
+
+    max_terms: int = Field(ge=1, le=4)
+    min_abs_z: float = Field(ge=0)
+    neutral: str = Field(pattern=_WORD)
+    withheld: str = Field(pattern=_WORD)
+    vocabulary: dict[str, FeatureWordsSettings]
+
+
+class ModelSettings(_Strict):
+    """Preprocessing, clustering, k selection and profiles (``segspark.model``)."""
+
+    features: list[str]
+    algorithm: Literal["kmeans", "bisecting", "gmm"]
+    k: int | None = Field(ge=2)
+    k_min: int = Field(ge=2)
+    k_max: int = Field(ge=2)
+    seed: int
+    partitions: int = Field(ge=1)
+    max_iter: int = Field(ge=1)
+    tol: float = Field(gt=0)
+    init_steps: int = Field(ge=1)
+    impute: Literal["all", "none"] | list[str]
+    impute_strategy: Literal["median", "mean"]
+    log1p: list[str]
+    pca_components: int | None = Field(ge=1)
+    silhouette_sample_size: int = Field(ge=10)
+    bootstrap_resamples: int = Field(ge=0)
+    stability_threshold: float = Field(ge=-1, le=1)
+    min_segment_size: int = Field(ge=1)
+    segment_mapping: dict[int, int]
+    value_column: str | None
+    naming: NamingSettings
+
+    @model_validator(mode="after")
+    def _k_range(self) -> ModelSettings:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        if len(set(self.segment_mapping.values())) != len(self.segment_mapping):
+            raise ValueError("segment_mapping must map each cluster to a different segment_id")
+        return self
+
+
 class Settings(_Strict):
     lake: LakeSettings
     spark: SparkSettings
     tracking: TrackingSettings
     query: QuerySettings
+    clv: ClvSettings
+    synth: SynthSettings
+    sources: SourcesSettings
+    features: FeaturesSettings
+    model: ModelSettings
 
     def config_hash(self) -> str:
         """A short, stable hash of the resolved settings (tagged on every MLflow run)."""

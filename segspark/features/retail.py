@@ -1,0 +1,161 @@
+"""Retail features: value and purchase behaviour per customer, from ``transactions``.
+
+Transactions are aggregated once per customer-day (a purchase occasion); every feature derives
+from those customer-days, so no exact distinct count over raw events is needed. The RFM
+scores rank customers against the whole population at ``as_of``. CLV columns
+(:mod:`segspark.clv`) are joined by the features step, not here.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from segspark.config import FeaturesSettings
+from segspark.errors import UsageError
+from segspark.features._common import (
+    ATTRIBUTES,
+    check_as_of,
+    in_window,
+    require_columns,
+    symmetric_change,
+    window_start,
+    with_customers,
+)
+from segspark.features.catalog import conform
+
+_COLUMNS = ("customer_id", "event_time", "amount", "quantity")
+
+
+def retail_features(
+    transactions: DataFrame,
+    *,
+    as_of: date,
+    settings: FeaturesSettings,
+    customers: DataFrame | None = None,
+) -> DataFrame:
+    """One row per customer with a transaction up to ``as_of``: recency, frequency, monetary...
+
+    ``settings.retail.window_days`` (null: all history) bounds the transactions considered;
+    ``customers`` adds the demographic attributes. The columns and their meaning are those of
+    ``features("retail")`` in :mod:`segspark.features.catalog`.
+
+    Example:
+        >>> features = retail_features(
+        ...     transactions, as_of=date(2024, 3, 31), settings=load_settings().features
+        ... )
+        >>> features.columns[:5]
+        ['customer_id', 'as_of', 'recency_days', 'frequency', 'transaction_count']
+    """
+    check_as_of(as_of)
+    require_columns(transactions, _COLUMNS, "transactions")
+    cfg = settings.retail
+    start = None if cfg.window_days is None else window_start(as_of, cfg.window_days)
+    recent_start = F.lit(window_start(as_of, cfg.trend_days))
+    earlier_start = F.lit(window_start(as_of, 2 * cfg.trend_days))
+
+    days = (
+        transactions.where(in_window(F.col("event_time"), start, as_of))
+        .groupBy("customer_id", F.to_date("event_time").alias("day"))
+        .agg(
+            F.sum("amount").alias("amount"),
+            F.count(F.lit(1)).alias("transactions"),
+            F.sum("quantity").alias("quantity"),
+            F.count("quantity").alias("quantity_known"),
+        )
+    )
+    day = F.col("day")
+    gap = F.datediff(day, F.lag(day).over(Window.partitionBy("customer_id").orderBy(day)))
+    amount = F.col("amount")
+    per_customer = (
+        days.withColumn("gap", gap)
+        .groupBy("customer_id")
+        .agg(
+            F.min(day).alias("first_day"),
+            F.max(day).alias("last_day"),
+            F.count(F.lit(1)).alias("frequency"),
+            F.sum("transactions").alias("transaction_count"),
+            F.sum(amount).alias("monetary_total"),
+            F.sum("quantity").alias("quantity"),
+            F.sum("quantity_known").alias("quantity_known"),
+            F.avg("gap").alias("ipi_mean_days"),
+            F.count("gap").alias("gaps"),
+            F.stddev_samp("gap").alias("gap_std"),
+            F.sum(F.when(day >= recent_start, amount).otherwise(0.0)).alias("recent"),
+            F.sum(
+                F.when((day >= earlier_start) & (day < recent_start), amount).otherwise(0.0)
+            ).alias("earlier"),
+        )
+    )
+    total = F.col("monetary_total")
+    values = per_customer.select(
+        "customer_id",
+        F.datediff(F.lit(as_of), "last_day").alias("recency_days"),
+        "frequency",
+        "transaction_count",
+        "monetary_total",
+        (total / F.col("frequency")).alias("monetary_per_day"),
+        (total / F.col("transaction_count")).alias("monetary_per_transaction"),
+        F.datediff(F.lit(as_of), "first_day").alias("tenure_days"),
+        F.try_divide(F.col("quantity"), F.col("quantity_known")).alias("basket_size"),
+        "ipi_mean_days",
+        F.when(F.col("gaps") >= 2, F.col("gap_std")).alias("ipi_std_days"),
+        symmetric_change(F.col("recent"), F.col("earlier")).alias("purchase_trend"),
+    )
+    scored = rfm_scores(values, levels=cfg.rfm_scores)
+    out = with_customers(scored, customers, domain="retail", columns=ATTRIBUTES)
+    return conform(out.withColumn("as_of", F.lit(as_of)), "retail")
+
+
+def rfm_scores(frame: DataFrame, *, levels: int) -> DataFrame:
+    """Add ``r_score``, ``f_score`` and ``m_score`` (1..``levels``) ranking every row of ``frame``.
+
+    Each score is ``1 + floor(levels * percent_rank)`` capped at ``levels``, where
+    ``percent_rank`` is the share of the other customers ranked strictly below (``recency_days``
+    descending, so the most recent customer ranks highest; ``frequency`` and
+    ``monetary_total`` ascending). Equal values share the lowest rank, hence one score: the
+    result depends only on the values, never on row order.
+
+    Example:
+        >>> rfm_scores(values, levels=5).columns[-3:]
+        ['r_score', 'f_score', 'm_score']
+    """
+    if levels < 2:
+        raise UsageError(f"levels must be >= 2, got {levels}")
+    scored = frame
+    for column, score, descending in (
+        ("recency_days", "r_score", True),
+        ("frequency", "f_score", False),
+        ("monetary_total", "m_score", False),
+    ):
+        table = _score_table(frame, column, score, levels=levels, descending=descending)
+        # recency and frequency take at most one value per day of history: a small table.
+        small = column != "monetary_total"
+        scored = scored.join(F.broadcast(table) if small else table, on=column, how="left")
+    return scored
+
+
+def _score_table(
+    frame: DataFrame, column: str, score: str, *, levels: int, descending: bool
+) -> DataFrame:
+    # Ranking the distinct values weighted by their counts equals percent_rank over the rows,
+    # while the single-partition window only sees one row per distinct value.
+    counts = frame.groupBy(column).agg(F.count(F.lit(1)).alias("_n"))
+    order = F.col(column).desc() if descending else F.col(column).asc()
+    ranked = Window.orderBy(order)
+    below = F.coalesce(
+        F.sum("_n").over(ranked.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
+    )
+    everyone = F.sum("_n").over(
+        ranked.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    )
+    bucket = _floor_div(below * levels, F.greatest(everyone - 1, F.lit(1)))
+    return counts.select(column, F.least(bucket + 1, F.lit(levels)).cast("int").alias(score))
+
+
+def _floor_div(numerator: Column, denominator: Column) -> Column:
+    # Integer floor division: a double quotient may land just below a whole number and drop a
+    # customer on a score boundary into the lower score.
+    return (numerator - F.pmod(numerator, denominator)) / denominator
