@@ -61,7 +61,7 @@ FEATURE_VERSION: dict[str, int] = {"retail": 1, "telecom": 1, "energy": 1}
 
 #: ``schema_fingerprint(domain)`` recorded for each (domain, version).
 SCHEMA_FINGERPRINTS: dict[str, dict[int, str]] = {
-    "retail": {1: "58e6d5532cf6"},
+    "retail": {1: "9457d2e067f0"},
     "telecom": {1: "1ff1e096be60"},
     "energy": {1: "588a97121a38"},
 }
@@ -211,6 +211,34 @@ _RETAIL: list[Feature] = [
         "int",
         "score 1..rfm_scores",
         "Monetary score: larger monetary_total is higher (as r_score).",
+    ),
+    Feature(
+        "expected_purchases",
+        "retail",
+        "double",
+        "purchase days",
+        "BG/NBD expected repeat purchase days in the next clv.horizon_weeks (segspark.clv).",
+    ),
+    Feature(
+        "p_alive",
+        "retail",
+        "double",
+        "probability",
+        "BG/NBD probability that the customer is still active at as_of (segspark.clv).",
+    ),
+    Feature(
+        "expected_spend",
+        "retail",
+        "double",
+        "currency per purchase day",
+        "Gamma-Gamma expected value of a future purchase day (segspark.clv).",
+    ),
+    Feature(
+        "clv",
+        "retail",
+        "double",
+        "currency",
+        "Discounted customer lifetime value over clv.clv_months months (segspark.clv).",
     ),
     *_attributes("retail"),
 ]

@@ -28,6 +28,9 @@ from segspark.features.catalog import conform
 
 _COLUMNS = ("customer_id", "event_time", "amount", "quantity")
 
+#: Columns the CLV models add to the retail features (segspark.clv.score_clv).
+CLV_COLUMNS = ("expected_purchases", "p_alive", "expected_spend", "clv")
+
 
 def retail_features(
     transactions: DataFrame,
@@ -35,12 +38,15 @@ def retail_features(
     as_of: date,
     settings: FeaturesSettings,
     customers: DataFrame | None = None,
+    clv: DataFrame | None = None,
 ) -> DataFrame:
     """One row per customer with a transaction up to ``as_of``: recency, frequency, monetary...
 
     ``settings.retail.window_days`` (null: all history) bounds the transactions considered;
-    ``customers`` adds the demographic attributes. The columns and their meaning are those of
-    ``features("retail")`` in :mod:`segspark.features.catalog`.
+    ``customers`` adds the demographic attributes; ``clv`` (customer_id plus the columns of
+    :data:`CLV_COLUMNS`, from :func:`segspark.clv.score_clv`) adds the CLV estimates, which are
+    null without it. The columns and their meaning are those of ``features("retail")`` in
+    :mod:`segspark.features.catalog`.
 
     Example:
         >>> features = retail_features(
@@ -105,6 +111,10 @@ def retail_features(
         symmetric_change(F.col("recent"), F.col("earlier")).alias("purchase_trend"),
     )
     scored = rfm_scores(values, levels=cfg.rfm_scores)
+    if clv is None:
+        scored = scored.select("*", *(F.lit(None).cast("double").alias(c) for c in CLV_COLUMNS))
+    else:
+        scored = scored.join(clv.select("customer_id", *CLV_COLUMNS), "customer_id", "left")
     out = with_customers(scored, customers, domain="retail", columns=ATTRIBUTES)
     return conform(out.withColumn("as_of", F.lit(as_of)), "retail")
 

@@ -1,0 +1,194 @@
+"""The ``features`` step: bronze events -> ``<domain>_features`` (+ ``clv_parameters``).
+
+The edge of the silver layer: it reads the lake, calls the pure feature transforms, fits the CLV
+models for retail, writes the tables and records one MLflow run (``step=features``).
+
+* ``<domain>_features`` is partitioned by ``as_of``; recomputing an ``as_of`` replaces exactly
+  that partition in one commit. Every row carries ``feature_version``. A new feature version
+  evolves the table's schema explicitly (added columns; older partitions read them as null); a
+  schema change under the same version is refused.
+* ``clv_parameters`` (domain, as_of, model, parameter, value) is partitioned by domain and as_of
+  and replaced the same way.
+* The MLflow run starts before anything is written, so an unreachable tracking store stops the
+  step with nothing written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from segspark import clv as clv_models
+from segspark.config import Settings
+from segspark.errors import InputError, SchemaMismatchError
+from segspark.features import FEATURE_FUNCTIONS, FEATURE_VERSION, feature_names
+from segspark.features.retail import retail_features
+from segspark.lake import Lake
+from segspark.schemas import EVENT_TABLES
+from segspark.tracking import step_run
+
+log = logging.getLogger(__name__)
+
+
+def features_table(domain: str) -> str:
+    return f"{domain}_features"
+
+
+@dataclass
+class FeaturesResult:
+    """What one ``features`` run wrote."""
+
+    domain: str
+    as_of: dt.date
+    rows: int
+    version: int | None
+    feature_version: int
+    clv: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def compute_features(
+    lake: Lake, settings: Settings, *, domain: str, as_of: dt.date
+) -> tuple[DataFrame, dict[str, float], DataFrame | None]:
+    """The features frame for ``as_of`` (with ``feature_version``), the CLV metrics and the
+    ``clv_parameters`` rows (retail only)."""
+    table = EVENT_TABLES[domain]
+    if not lake.exists(table):
+        raise InputError(
+            f"no {table} table in the lake {lake.root}: ingest or generate {domain} events first"
+        )
+    events = lake.read(table)
+    customers = lake.read("customers") if lake.exists("customers") else None
+    metrics: dict[str, float] = {}
+    parameters: DataFrame | None = None
+    if domain == "retail":
+        cfg = settings.clv
+        summary = clv_models.clv_summary(events, calibration_end=as_of).persist()
+        try:
+            bgnbd, gamma_gamma = clv_models.fit_clv(summary, cfg)
+            scored = clv_models.score_clv(
+                summary,
+                bgnbd,
+                gamma_gamma,
+                horizon_weeks=cfg.horizon_weeks,
+                clv_months=cfg.clv_months,
+                monthly_discount_rate=clv_models.monthly_rate(
+                    cfg.discount_rate, period=cfg.discount_period
+                ),
+            )
+            frame = retail_features(
+                events, as_of=as_of, settings=settings.features, customers=customers, clv=scored
+            )
+        finally:
+            summary.unpersist()
+        metrics = clv_models.clv_metrics(bgnbd, gamma_gamma)
+        parameters = clv_models.clv_parameters(
+            lake.spark, bgnbd, gamma_gamma, domain=domain, as_of=as_of
+        )
+    else:
+        frame = FEATURE_FUNCTIONS[domain](
+            events, as_of=as_of, settings=settings.features, customers=customers
+        )
+    version = FEATURE_VERSION[domain]
+    return frame.withColumn("feature_version", F.lit(version)), metrics, parameters
+
+
+def _evolution(lake: Lake, table: str, frame: DataFrame, version: int) -> bool:
+    """Whether writing ``frame`` must add columns (a newer feature version), else False.
+
+    A schema that differs from the table's under the same (or an older) feature version is a
+    silent mismatch and is refused.
+    """
+    if not lake.exists(table):
+        return False
+    current = lake.schema(table)
+    if [(f.name, f.dataType) for f in current.fields] == [
+        (f.name, f.dataType) for f in frame.schema.fields
+    ]:
+        return False
+    row = lake.read(table).agg(F.max("feature_version")).first()
+    stored = int(row[0]) if row is not None and row[0] is not None else 0
+    if version <= stored:
+        raise SchemaMismatchError(
+            f"{table} holds feature_version {stored} with another schema than version {version} "
+            "computes; bump FEATURE_VERSION in segspark/features/catalog.py"
+        )
+    log.warning("%s: feature_version %s -> %s adds columns", table, stored, version)
+    return True
+
+
+def _summary_metrics(frame: DataFrame, domain: str) -> dict[str, float]:
+    numeric = feature_names(domain, kind="numeric")
+    aggs = [F.count(F.lit(1)).alias("rows")]
+    for name in numeric:
+        aggs.append(F.avg(name).alias(f"{name}__mean"))
+        aggs.append(F.stddev_samp(name).alias(f"{name}__std"))
+    row = frame.agg(*aggs).first()
+    assert row is not None
+    out: dict[str, float] = {}
+    for key, value in row.asDict().items():
+        if value is None:
+            continue
+        name, _, stat = key.partition("__")
+        out[f"feature_{stat}_{name}" if stat else key] = float(value)
+    return out
+
+
+def run_features(
+    spark: SparkSession,
+    lake: Lake,
+    settings: Settings,
+    *,
+    domain: str,
+    as_of: dt.date,
+    tracking_uri: str,
+) -> FeaturesResult:
+    """Compute and store ``domain``'s features at ``as_of``; one MLflow run (step=features).
+
+    Example:
+        >>> result = run_features(spark, lake, settings, domain="retail",
+        ...                       as_of=date(2024, 3, 31), tracking_uri=uri)
+        >>> result.rows
+    """
+    table = features_table(domain)
+    version = FEATURE_VERSION[domain]
+    params: dict[str, Any] = {"feature_version": version, "features_table": table}
+    with step_run(
+        settings, tracking_uri, domain=domain, step="features", as_of=as_of, params=params
+    ) as run:
+        frame, clv_metrics, parameters = compute_features(
+            lake, settings, domain=domain, as_of=as_of
+        )
+        evolve = _evolution(lake, table, frame, version)
+        written = lake.write(
+            table,
+            frame,
+            mode="overwrite",
+            partition_by=["as_of"],
+            replace={"as_of": as_of},
+            merge_schema=evolve,
+        )
+        if parameters is not None:
+            lake.write(
+                "clv_parameters",
+                parameters,
+                mode="overwrite",
+                partition_by=["domain", "as_of"],
+                replace={"domain": domain, "as_of": as_of},
+            )
+        stored = lake.read(table).where(F.col("as_of") == F.lit(as_of))
+        metrics = _summary_metrics(stored, domain)
+        metrics.update(clv_metrics)
+        mlflow.log_metrics(metrics)
+        rows = int(metrics["rows"])
+        if rows == 0:
+            log.warning("%s: no customer has events up to %s", table, as_of)
+        return FeaturesResult(
+            domain, as_of, rows, written.version, version, clv_metrics, run.info.run_id
+        )
