@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("segspark")
 
-COMMANDS = ("maintain",)
+COMMANDS = ("generate", "ingest", "features", "query", "maintain", "ui")
 
 
 @dataclass
@@ -136,11 +136,33 @@ def _configure_logging(verbose: bool) -> None:
     )
     for noisy in ("py4j", "alembic", "urllib3", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pyspark.logger import PySparkLogger
+
+    # PySpark 4 logs every AnalysisException with the whole JVM stack as JSON; the CLI already
+    # reports it in one line. These loggers must come from PySparkLogger.getLogger.
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _jvm_cause(exc: BaseException) -> str | None:
+    """The innermost JVM error's first line for a raw Py4J error (its own names the call)."""
+    from py4j.protocol import Py4JJavaError
+
+    if not isinstance(exc, Py4JJavaError):
+        return None
+    java = exc.java_exception
+    line = None
+    for _ in range(16):
+        if java is None:
+            break
+        line = str(java.toString()).splitlines()[0]
+        java = java.getCause()
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, AnalysisException | ParseException):
             print(f"segspark: error: {_one_line(exc)}", file=sys.stderr)
             return 2
+        cause = _jvm_cause(exc)
+        if cause:
+            print(f"segspark: failed: {cause}", file=sys.stderr)
+            return 1
         print(f"segspark: failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
 

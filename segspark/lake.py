@@ -387,6 +387,9 @@ class DeltaRsBackend:
     ) -> DataFrame:
         table = self._open(path, version)
         if as_of is not None:
+            first = min(table.history(), key=lambda h: int(h["version"]))
+            if int(first["timestamp"]) > as_of.timestamp() * 1000:
+                raise UsageError(f"table at {path} has no version at or before {as_of}")
             try:
                 table.load_as_version(as_of)
             except Exception as exc:

@@ -428,3 +428,9 @@ def test_two_processes_appending_at_once_both_land(lake: Lake, lake_root: Path) 
     expected = sorted((t, i, j) for t in ("a", "b") for i in range(3) for j in range(50))
     assert rows == expected
     assert lake.version("shared") == 5
+
+
+def test_timestamp_before_the_first_commit_is_refused(lake: Lake, frame: Any) -> None:
+    lake.write("snap", frame([("retail", D1, "c1", 1, 0.5)]))
+    with pytest.raises(UsageError, match="has no version at or before 2000-01-01"):
+        lake.read("snap", as_of="2000-01-01")
