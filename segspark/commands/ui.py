@@ -53,7 +53,8 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})"
     )
     p.add_argument(
-        "--host", default=DEFAULT_HOST,
+        "--host",
+        default=DEFAULT_HOST,
         help=f"interface to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0: all)",
     )
     p.set_defaults(handler=run)
@@ -82,9 +83,7 @@ def local_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def server_command(
-    uri: str, artifact_root: str | None, *, host: str, port: int
-) -> list[str]:
+def server_command(uri: str, artifact_root: str | None, *, host: str, port: int) -> list[str]:
     """The ``mlflow server`` command line for a store.
 
     One worker (a UI for one person; the machine may have 2 cores); artifacts are read from
