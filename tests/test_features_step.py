@@ -57,7 +57,13 @@ def test_cdnow_raw_file_to_published_parameters(
     mapping.write_text(MAPPING)
     old = ["--set", "sources.earliest_event_date=1990-01-01"]
     code, out, err = cli(
-        *old, "ingest", "--domain", "retail", "--input", str(cdnow_sample()), "--mapping",
+        *old,
+        "ingest",
+        "--domain",
+        "retail",
+        "--input",
+        str(cdnow_sample()),
+        "--mapping",
         str(mapping),
     )
     assert code == 0, err

@@ -64,9 +64,14 @@ def test_spark_submit_settings_win_over_segspark_defaults(tmp_path) -> None:  # 
     submit = f"{pyspark.__path__[0]}/bin/spark-submit"
     out = subprocess.run(
         [submit, "--master", "local[1]", "--conf", "spark.sql.shuffle.partitions=7", str(script)],
-        capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "PYSPARK_PYTHON": sys.executable,
-             "PYSPARK_DRIVER_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **__import__("os").environ,
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+        },
     )
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
     assert line == ["RESULT local[1] 7 UTC"], out.stderr[-2000:]
