@@ -544,6 +544,8 @@ class DeltaRsBackend:
                             f"partitions being replaced ({column}={value!r})"
                         )
                 stats = parquet_stats(source)
+                if json.loads(stats)["numRecords"] == 0:
+                    continue  # Spark writes empty files for empty tasks; the log needs none
                 os.makedirs(os.path.dirname(f"{root}/{relpath}") or root, exist_ok=True)
                 os.rename(source, f"{root}/{relpath}")
                 moved.append(relpath)

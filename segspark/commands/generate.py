@@ -8,23 +8,17 @@ produce the same rows, so re-running leaves the tables' content unchanged.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 from typing import Any
 
 from pyspark.sql import functions as F
 
 from segspark import synth
+from segspark.commands._args import iso_date
 from segspark.config import DOMAINS
+from segspark.lake import Lake
 
 log = logging.getLogger(__name__)
-
-
-def _iso_date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from None
 
 
 def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -41,14 +35,14 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--customers", required=True, type=int, metavar="N", help="customers to create")
     p.add_argument(
         "--start",
-        type=_iso_date,
+        type=iso_date,
         default=None,
         metavar="DATE",
         help="first day of events (default synth.start)",
     )
     p.add_argument(
         "--end",
-        type=_iso_date,
+        type=iso_date,
         default=None,
         metavar="DATE",
         help="last day of events (default synth.end)",
@@ -62,6 +56,27 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
         help="partitions of the customer range (default: sized by synth.rows_per_partition)",
     )
     p.set_defaults(handler=run)
+
+
+def store(
+    lake: Lake, data: synth.SyntheticDomain, domain: str
+) -> dict[str, tuple[int, int | None]]:
+    """Write a generated domain: its event table whole, its partition of the shared tables.
+
+    Returns ``{table: (rows of this domain, new version)}``.
+    """
+    written: dict[str, tuple[int, int | None]] = {}
+    for table, frame in data.tables().items():
+        if table == data.event_table:
+            result = lake.write(table, frame, mode="overwrite")
+            rows = lake.read(table).count()
+        else:
+            result = lake.write(
+                table, frame, mode="overwrite", partition_by=["domain"], replace={"domain": domain}
+            )
+            rows = lake.read(table).where(F.col("domain") == domain).count()
+        written[table] = (rows, result.version)
+    return written
 
 
 def run(ctx: Any, args: argparse.Namespace) -> int:
@@ -94,15 +109,7 @@ def run(ctx: Any, args: argparse.Namespace) -> int:
         settings=settings,
         partitions=partitions,
     )
-    for table, frame in data.tables().items():
-        if table == data.event_table:
-            result = lake.write(table, frame, mode="overwrite")
-            rows = lake.read(table).count()
-        else:
-            result = lake.write(
-                table, frame, mode="overwrite", partition_by=["domain"], replace={"domain": domain}
-            )
-            rows = lake.read(table).where(F.col("domain") == domain).count()
-        print(f"{table}: {rows} rows written (domain {domain}, version {result.version})")
+    for table, (rows, version) in store(lake, data, domain).items():
+        print(f"{table}: {rows} rows written (domain {domain}, version {version})")
     log.info("generated %s as %s", domain, data.ingest_id)
     return 0
