@@ -718,9 +718,15 @@ class SparkDeltaBackend:
         return [r.asDict(recursive=True) for r in self._table(path).history().collect()]
 
     def transaction_version(self, path: str, app_id: str) -> int | None:
-        # Delta Spark keeps app transactions internal and enforces them itself on write
-        # (txnAppId/txnVersion); there is no public reader for them.
-        return None
+        # Delta Spark enforces app transactions itself on write (txnAppId/txnVersion) but has
+        # no public reader for them; the same log read with deltalake answers for local paths.
+        parsed = urlparse(path)
+        if parsed.scheme not in ("", "file") or not self.exists(path):
+            return None
+        from deltalake import DeltaTable
+
+        value = DeltaTable(_local_path(path)).transaction_version(app_id)
+        return None if value is None else int(value)
 
     def read(
         self, path: str, *, version: int | None = None, as_of: dt.datetime | None = None
@@ -986,6 +992,18 @@ class Lake:
 
     def version(self, table: str) -> int:
         return self.backend.version(self._require(table))
+
+    def is_delta_path(self, path: str) -> bool:
+        """Whether ``path`` (anywhere, not only under the lake root) holds a Delta table."""
+        return self.backend.exists(path)
+
+    def path_version(self, path: str) -> int:
+        """The current version of the Delta table at ``path`` (e.g. an input to ingest)."""
+        return self.backend.version(path)
+
+    def read_path(self, path: str, *, version: int | None = None) -> DataFrame:
+        """Read the Delta table at ``path`` (e.g. an input to ingest) through this backend."""
+        return self.backend.read(path, version=version)
 
     def history(self, table: str) -> list[dict[str, Any]]:
         """Commit history, newest first (version, timestamp, operation, ...)."""

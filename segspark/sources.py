@@ -466,7 +466,7 @@ def read_input(
     opts = dict(options)
     try:
         if fmt == "delta":
-            return lake.backend.read(str(root), version=delta_version)
+            return lake.read_path(str(root), version=delta_version)
         delimiter = opts.get("delimiter", opts.get("sep"))
         if fmt == "csv" and delimiter is not None and delimiter.lower() == WHITESPACE:
             return read_whitespace(
@@ -866,9 +866,9 @@ def ingest(
     files: list[Path] = []
     delta_version: int | None = None
     if kind == "delta":
-        if not lake.backend.exists(str(root)):
+        if not lake.is_delta_path(str(root)):
             raise InputError(f"input {root} is not a Delta table (no _delta_log)")
-        delta_version = lake.backend.version(str(root))
+        delta_version = lake.path_version(str(root))
         ingest_id = _sha256(f"{root}@{delta_version}")
     else:
         files = input_files(root)
