@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("segspark")
 
-COMMANDS = ("generate", "ingest", "features", "query", "maintain", "ui")
+COMMANDS = ("generate", "ingest", "features", "query", "maintain", "ui", "report")
 
 
 @dataclass

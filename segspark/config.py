@@ -287,6 +287,7 @@ class ModelSettings(_Strict):
     max_iter: int = Field(ge=1)
     tol: float = Field(gt=0)
     init_steps: int = Field(ge=1)
+    restarts: int = Field(ge=1)
     impute: Literal["all", "none"] | list[str]
     impute_strategy: Literal["median", "mean"]
     log1p: list[str]
@@ -308,6 +309,30 @@ class ModelSettings(_Strict):
         return self
 
 
+class SnapshotsSettings(_Strict):
+    """Segment identity, migrations and drift (``segspark.snapshots``, ``segspark.drift``)."""
+
+    identity_max_distance: float = Field(ge=0)
+    psi_bins: int = Field(ge=2, le=1000)
+    psi_epsilon: float = Field(gt=0, lt=1)
+    psi_moderate: float = Field(ge=0)
+    psi_retrain: float = Field(ge=0)
+    quantile_accuracy: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SnapshotsSettings:
+        if self.psi_moderate > self.psi_retrain:
+            raise ValueError("psi_moderate must not exceed psi_retrain")
+        return self
+
+
+class ReportSettings(_Strict):
+    """The segment report (``segspark report``, :mod:`segspark.report`)."""
+
+    top_features: int = Field(ge=0, le=20)
+    max_periods: int = Field(ge=1)
+
+
 class Settings(_Strict):
     lake: LakeSettings
     spark: SparkSettings
@@ -318,6 +343,8 @@ class Settings(_Strict):
     sources: SourcesSettings
     features: FeaturesSettings
     model: ModelSettings
+    snapshots: SnapshotsSettings
+    report: ReportSettings
 
     def config_hash(self) -> str:
         """A short, stable hash of the resolved settings (tagged on every MLflow run)."""

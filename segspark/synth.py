@@ -437,16 +437,16 @@ def generate_retail(
         .where(ctx.uniform("keep", *keys) * w_max < F.get(_lit_array(weekday), F.weekday("day")))
         .withColumn("hour", _pick(ctx.uniform("hour", *keys), [cfg.hour_weights]))
     )
-    basket = F.get(median, F.col("seg")) * F.col("value_mult") * F.exp(
-        F.get(sigma, F.col("seg")) * ctx.normal("basket", *keys)
+    basket = (
+        F.get(median, F.col("seg"))
+        * F.col("value_mult")
+        * F.exp(F.get(sigma, F.col("seg")) * ctx.normal("basket", *keys))
     )
     p_stop = 1.0 / F.get(items, F.col("seg"))
     extra_items = F.floor(F.log(ctx.uniform("items", *keys)) / F.log(1.0 - p_stop))
     frame = events.select(
         F.col("customer_id"),
-        _event_time(F.col("day"), F.col("hour"), ctx.uniform("second", *keys)).alias(
-            "event_time"
-        ),
+        _event_time(F.col("day"), F.col("hour"), ctx.uniform("second", *keys)).alias("event_time"),
         F.greatest(F.round(basket, 2), F.lit(0.01)).alias("amount"),
         (F.lit(1) + extra_items).cast("int").alias("quantity"),
         F.format_string("%s-%03d-%04d", F.col("customer_id"), F.col("k"), F.col("j")).alias(
@@ -524,16 +524,14 @@ def generate_telecom(
     country = F.get(
         codes, F.pmod(ctx.hash("country", F.col("id"), F.col("contact")), n_codes).cast("int")
     )
-    counterparty = F.when(
-        F.col("intl"), F.format_string("+%d%09d", country, number)
-    ).otherwise(F.format_string("+%d7%09d", F.lit(cfg.home_country_code), number))
+    counterparty = F.when(F.col("intl"), F.format_string("+%d%09d", country, number)).otherwise(
+        F.format_string("+%d7%09d", F.lit(cfg.home_country_code), number)
+    )
     duration = F.get(voice_median, seg) * F.exp(F.get(voice_sigma, seg) * ctx.normal("dur", *keys))
     volume = F.get(data_median, seg) * F.exp(F.get(data_sigma, seg) * ctx.normal("mb", *keys))
     frame = events.select(
         F.col("customer_id"),
-        _event_time(F.col("day"), F.col("hour"), ctx.uniform("second", *keys)).alias(
-            "event_time"
-        ),
+        _event_time(F.col("day"), F.col("hour"), ctx.uniform("second", *keys)).alias("event_time"),
         F.get(F.lit(list(EVENT_TYPES)), F.col("t")).alias("event_type"),
         F.when(
             talk,
@@ -541,9 +539,7 @@ def generate_telecom(
                 F.lit("in")
             ),
         ).alias("direction"),
-        F.when(F.col("t") == 0, F.greatest(F.round(duration, 0), F.lit(1.0))).alias(
-            "duration_s"
-        ),
+        F.when(F.col("t") == 0, F.greatest(F.round(duration, 0), F.lit(1.0))).alias("duration_s"),
         F.when(F.col("t") == 2, F.greatest(F.round(volume, 3), F.lit(0.001))).alias("data_mb"),
         F.col("intl").alias("is_international"),
         F.when(talk, counterparty).alias("counterparty_id"),
@@ -798,7 +794,13 @@ class _Context:
         self.base = self._base(shares, transition_matrix(shares, affinity) if moves else None)
         log.info(
             "generating %s: %d customers, %s..%s, seed %d, %d partitions (%s)",
-            domain, customers, start, end, seed, partitions, self.ingest,
+            domain,
+            customers,
+            start,
+            end,
+            seed,
+            partitions,
+            self.ingest,
         )
 
     # -- draws ------------------------------------------------------------------------------
@@ -876,7 +878,10 @@ class _Context:
         hi = F.least(F.last_day(opened), F.lit(self.end), F.date_sub(F.col("lapse_date"), 1))
         return (
             self.base.select(
-                "id", "customer_id", "signup_date", "lapse_date",
+                "id",
+                "customer_id",
+                "signup_date",
+                "lapse_date",
                 F.posexplode("segments").alias("k", "seg"),
             )
             .withColumn("lo", lo)
@@ -899,7 +904,9 @@ class _Context:
         as_of = F.last_day(F.add_months(F.lit(_month_start(self.start)), F.col("k")))
         return (
             self.base.select(
-                "customer_id", "signup_date", "lapse_date",
+                "customer_id",
+                "signup_date",
+                "lapse_date",
                 F.posexplode("segments").alias("k", "seg"),
             )
             .withColumn("as_of", as_of)
@@ -939,9 +946,9 @@ class _Context:
                 F.lit(list(SECTORS)),
                 F.floor(self.uniform("sector", cid) * len(SECTORS)).cast("int"),
             )
-            sector_col = F.when(
-                self.uniform("sector_noise", cid) < noise, random_sector
-            ).otherwise(F.get(seg_sector, at_signup))
+            sector_col = F.when(self.uniform("sector_noise", cid) < noise, random_sector).otherwise(
+                F.get(seg_sector, at_signup)
+            )
             person = sector_col == F.lit("residential")
             age = F.when(person, age)
             income = F.when(person, income)
