@@ -42,8 +42,14 @@ def gen(
     partitions: int = 2,
 ) -> synth.SyntheticDomain:
     return synth.generate(
-        spark, domain, customers=customers, start=JAN, end=end, seed=seed,
-        settings=settings, partitions=partitions,
+        spark,
+        domain,
+        customers=customers,
+        start=JAN,
+        end=end,
+        seed=seed,
+        settings=settings,
+        partitions=partitions,
     )
 
 
@@ -127,7 +133,11 @@ def test_bad_arguments_are_rejected_with_a_precise_message(
 
 def test_ingest_id_depends_on_every_generation_parameter(settings: SynthSettings) -> None:
     base: dict[str, Any] = {
-        "customers": 10, "start": JAN, "end": MAR_END, "seed": 1, "settings": settings
+        "customers": 10,
+        "start": JAN,
+        "end": MAR_END,
+        "seed": 1,
+        "settings": settings,
     }
     first = synth.ingest_id("retail", **base)
     assert first == synth.ingest_id("retail", **base)
@@ -237,8 +247,11 @@ def planted(spark: SparkSession, settings: SynthSettings) -> dict[str, dict[str,
                 (F.col("a.customer_id") == F.col("b.customer_id"))
                 & (F.col("b.as_of") == F.last_day(F.add_months(F.col("a.as_of"), 1))),
             )
-            .groupBy(F.col("a.as_of").alias("from_as_of"), F.col("a.true_segment").alias("src"),
-                     F.col("b.true_segment").alias("dst"))
+            .groupBy(
+                F.col("a.as_of").alias("from_as_of"),
+                F.col("a.true_segment").alias("src"),
+                F.col("b.true_segment").alias("dst"),
+            )
             .count()
             .collect()
         )

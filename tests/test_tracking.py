@@ -90,7 +90,9 @@ def test_default_is_a_sqlite_store_inside_the_absolute_lake_root(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     settings = _settings("lake.root=rel/lake")
-    assert resolve_tracking_uri(None, settings) == f"sqlite:///{tmp_path}/rel/lake/_mlflow/mlflow.db"
+    assert (
+        resolve_tracking_uri(None, settings) == f"sqlite:///{tmp_path}/rel/lake/_mlflow/mlflow.db"
+    )
     assert resolve_tracking_uri("", settings) == f"sqlite:///{tmp_path}/rel/lake/_mlflow/mlflow.db"
     assert artifact_location(settings) == f"file://{tmp_path}/rel/lake/_mlflow/artifacts"
 
@@ -156,8 +158,13 @@ def test_step_run_records_tags_params_and_finishes(
     settings, uri, root = store
     monkeypatch.setenv("SEGSPARK_GIT_COMMIT", "0123abcd")
     with step_run(
-        settings, uri, domain="retail", step="train", as_of="2024-06-30",
-        params={"k": 5, "algorithm": "kmeans"}, tags={"trigger": "test"},
+        settings,
+        uri,
+        domain="retail",
+        step="train",
+        as_of="2024-06-30",
+        params={"k": 5, "algorithm": "kmeans"},
+        tags={"trigger": "test"},
     ) as run:
         assert mlflow.active_run() is not None
         assert mlflow.active_run().info.run_id == run.info.run_id  # type: ignore[union-attr]
@@ -259,7 +266,10 @@ def test_two_processes_creating_the_same_fresh_store_both_succeed(tmp_path: Path
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CREATE_STORE, str(lake), str(go)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for _ in range(2)
     ]
@@ -326,9 +336,22 @@ def test_ui_serves_the_lake_store_until_stopped(
     # Files, not pipes: the server's logs can never fill a pipe and block it.
     output, errors = (tmp_path / "ui.out").open("wb"), (tmp_path / "ui.err").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "segspark.cli", "--lake", str(root), "--env", "test",
-         "ui", "--port", str(port)],
-        stdout=output, stderr=errors, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "segspark.cli",
+            "--lake",
+            str(root),
+            "--env",
+            "test",
+            "ui",
+            "--port",
+            str(port),
+        ],
+        stdout=output,
+        stderr=errors,
+        env=env,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -377,7 +400,9 @@ def _cli(lake: Path, *args: str) -> tuple[int, str, str]:
 def test_ui_for_a_remote_server_prints_its_address(tmp_path: Path) -> None:
     code, out, err = _cli(tmp_path, "--tracking-uri", "https://ml:secret@mlflow.example.com", "ui")
     assert (code, out, err) == (
-        0, "MLflow UI: https://ml:***@mlflow.example.com (served by the tracking server)\n", ""
+        0,
+        "MLflow UI: https://ml:***@mlflow.example.com (served by the tracking server)\n",
+        "",
     )
 
 
