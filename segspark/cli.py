@@ -30,7 +30,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("segspark")
 
-COMMANDS = ("generate", "ingest", "features", "query", "maintain", "ui", "report")
+COMMANDS = (
+    "demo",
+    "generate",
+    "ingest",
+    "features",
+    "train",
+    "score",
+    "migrate",
+    "run",
+    "report",
+    "query",
+    "maintain",
+    "ui",
+)
 
 
 @dataclass
@@ -172,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage line
         return int(exc.code or 0)
+    # MLflow configures its own loggers at import (INFO); this is its documented switch.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if args.verbose else "WARNING")
     _configure_logging(bool(args.verbose))
     ctx = Context(args)
     try:

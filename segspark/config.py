@@ -90,6 +90,7 @@ class ClvSettings(_Strict):
     discount_period: Literal["monthly", "annual"]
     spend_significant_digits: int | None = Field(ge=1, le=15)
     max_distinct_statistics: int = Field(ge=1)
+    on_failure: Literal["null", "error"]
     optimizer: ClvOptimizerSettings
 
 
@@ -333,6 +334,14 @@ class ReportSettings(_Strict):
     max_periods: int = Field(ge=1)
 
 
+class DemoSettings(_Strict):
+    start: dt.date
+    end: dt.date
+    as_of: list[dt.date] = Field(min_length=2)
+    customers: dict[Domain, int]
+    seed: int
+
+
 class Settings(_Strict):
     lake: LakeSettings
     spark: SparkSettings
@@ -343,6 +352,7 @@ class Settings(_Strict):
     sources: SourcesSettings
     features: FeaturesSettings
     model: ModelSettings
+    demo: DemoSettings
     snapshots: SnapshotsSettings
     report: ReportSettings
 

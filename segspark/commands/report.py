@@ -81,32 +81,30 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def run(ctx: Any, args: argparse.Namespace) -> int:
+def write_report(
+    lake: Any,
+    settings: Any,
+    *,
+    domain: str,
+    out: Path,
+    as_of: Any = None,
+    k_rows: list[dict[str, float]] | None = None,
+    chosen_k: int | None = None,
+) -> Any:
+    """Collect the report's aggregates from the lake and write the HTML file atomically."""
     from segspark.features.catalog import features
-    from segspark.report import (
-        ReportOptions,
-        collect_report_data,
-        normalise_k_metrics,
-        render_report,
-    )
+    from segspark.report import ReportOptions, collect_report_data, render_report
 
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {args.out}: folder {out.parent} does not exist")
-    if out.is_dir():
-        raise UsageError(f"--out {args.out} is a folder; give a file name")
-    k_rows = normalise_k_metrics(read_k_metrics(args.k_metrics)) if args.k_metrics else []
-    settings = ctx.settings(args.domain)
     data = collect_report_data(
-        ctx.lake(args.domain),
-        domain=args.domain,
-        as_of=args.as_of,
+        lake,
+        domain=domain,
+        as_of=as_of,
         max_periods=settings.report.max_periods,
         feature_order=settings.model.features,
-        k_metrics=k_rows,
-        chosen_k=args.chosen_k,
+        k_metrics=k_rows or [],
+        chosen_k=chosen_k,
     )
-    catalog = {f.name: f for f in features(args.domain)}
+    catalog = {f.name: f for f in features(domain)}
     meanings = {name: f"{f.meaning} ({f.unit})" for name, f in catalog.items()}
     value_column = settings.model.value_column
     value_label = None
@@ -122,6 +120,66 @@ def run(ctx: Any, args: argparse.Namespace) -> int:
         feature_meanings=meanings,
     )
     _write_atomically(out, render_report(data, options))
+    return data
+
+
+def k_metrics_from_tracking(
+    settings: Any, uri: str, domain: str
+) -> tuple[list[dict[str, float]], int | None]:
+    """The per-k metrics and chosen k of the domain's latest train run, if one is tracked."""
+    import mlflow
+
+    from segspark.report import k_metrics_from_histories
+    from segspark.tracking import configure, experiment_name
+
+    configure(settings, uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name(domain))
+    if experiment is None:
+        return [], None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.step = 'train' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return [], None
+    run_id = runs[0].info.run_id
+    names = ("silhouette", "calinski_harabasz", "davies_bouldin", "wssse", "stability_ari")
+    histories = {
+        name: [(m.step, m.value) for m in client.get_metric_history(run_id, name)] for name in names
+    }
+    chosen = runs[0].data.metrics.get("chosen_k")
+    return k_metrics_from_histories(histories), None if chosen is None else int(chosen)
+
+
+def run(ctx: Any, args: argparse.Namespace) -> int:
+    from segspark.report import normalise_k_metrics
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {args.out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give a file name")
+    k_rows = normalise_k_metrics(read_k_metrics(args.k_metrics)) if args.k_metrics else []
+    chosen_k = args.chosen_k
+    settings = ctx.settings(args.domain)
+    lake = ctx.lake(args.domain)
+    if not k_rows:
+        k_rows, tracked_k = k_metrics_from_tracking(
+            settings, ctx.tracking_uri(args.domain), args.domain
+        )
+        chosen_k = chosen_k if chosen_k is not None else tracked_k
+    data = write_report(
+        lake,
+        settings,
+        domain=args.domain,
+        out=out,
+        as_of=args.as_of,
+        k_rows=k_rows,
+        chosen_k=chosen_k,
+    )
     withheld = sum(1 for p in data.profiles if p.withheld)
     print(
         f"report for {args.domain} @ {data.as_of}: {len(data.profiles)} segments "

@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from segspark import clv as clv_models
+from segspark.clv import ClvConvergenceError
 from segspark.config import Settings
 from segspark.errors import InputError, SchemaMismatchError
 from segspark.features import FEATURE_FUNCTIONS, FEATURE_VERSION, feature_names
@@ -71,7 +72,20 @@ def compute_features(
         cfg = settings.clv
         summary = clv_models.clv_summary(events, calibration_end=as_of).persist()
         try:
-            bgnbd, gamma_gamma = clv_models.fit_clv(summary, cfg)
+            try:
+                bgnbd, gamma_gamma = clv_models.fit_clv(summary, cfg)
+            except ClvConvergenceError as exc:
+                if cfg.on_failure == "error":
+                    raise
+                # a short history often has no interior likelihood maximum; the behavioural
+                # features still stand, the CLV columns stay null and the run says why
+                log.warning("retail CLV at %s not estimated: %s", as_of, exc)
+                frame = retail_features(
+                    events, as_of=as_of, settings=settings.features, customers=customers
+                )
+                version = FEATURE_VERSION[domain]
+                failed = {"clv_failed": 1.0}
+                return frame.withColumn("feature_version", F.lit(version)), failed, None
             scored = clv_models.score_clv(
                 summary,
                 bgnbd,
