@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -362,18 +364,23 @@ class Settings(_Strict):
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def conf_dir() -> Path:
-    """The folder holding ``base.yaml``: ``SEGSPARK_CONF_DIR`` or the project's ``conf/``."""
+def conf_dir() -> Traversable:
+    """The folder holding ``base.yaml``.
+
+    ``SEGSPARK_CONF_DIR`` if set; else the ``segspark/_conf`` folder packaged into the wheel or
+    the ``--py-files`` zip (read through :mod:`importlib.resources`, so it works from inside a
+    zip); else the checkout's ``conf/``.
+    """
     env = os.environ.get("SEGSPARK_CONF_DIR")
     if env:
         return Path(env)
-    packaged = Path(__file__).resolve().parent / "_conf"
+    packaged = resources.files("segspark") / "_conf"
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "conf"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Traversable) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
@@ -434,7 +441,7 @@ def load_raw(
     env: str | None = None,
     files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
-    directory: Path | None = None,
+    directory: Traversable | None = None,
 ) -> dict[str, Any]:
     """Merge the configuration layers into one plain mapping (not yet validated)."""
     folder = directory or conf_dir()
@@ -461,7 +468,7 @@ def load_settings(
     env: str | None = None,
     files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
-    directory: Path | None = None,
+    directory: Traversable | None = None,
 ) -> Settings:
     """Load and validate the layered configuration; see the module docstring."""
     raw = load_raw(domain=domain, env=env, files=files, overrides=overrides, directory=directory)

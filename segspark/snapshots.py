@@ -56,6 +56,7 @@ from pyspark.sql.types import (
 )
 from scipy.optimize import linear_sum_assignment
 
+from segspark import faults
 from segspark.errors import InputError, UsageError
 from segspark.lake import Lake, PartitionValue, WriteResult
 
@@ -655,6 +656,7 @@ def write_snapshot(
         app_id=app_id,
         app_version=app_version,
     )
+    faults.point("snapshots.after_registry")
     snapshot = lake.write(
         SNAPSHOTS_TABLE,
         frame,
