@@ -1,0 +1,207 @@
+"""The segmentation steps end to end on generated data: train, score, run, migrate, identity."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from segspark.cli import main
+from segspark.lake import Lake
+
+pytestmark = pytest.mark.slow
+
+DOMAIN = "telecom"
+D1, D2 = "2024-03-31", "2024-04-30"
+# best of four seeded starts per fit: single starts land in poor local optima on tiny data
+RESTARTS = ("--set", "model.restarts=4")
+
+
+def _cli(lake_root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["--lake", str(lake_root), "--env", "test", *RESTARTS, *args])
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return code, out.getvalue(), err.getvalue()
+
+
+def _ok(lake_root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    code, out, err = _cli(lake_root, *args, env=env)
+    assert code == 0, err
+    return out
+
+
+def _snapshot_rows(lake: Lake, as_of: str) -> list[tuple[str, int, str]]:
+    frame = lake.read("segment_snapshots").where(
+        (F.col("domain") == DOMAIN) & (F.col("as_of") == F.lit(as_of).cast("date"))
+    )
+    return sorted(
+        (r.customer_id, r.segment_id, r.segment_name)
+        for r in frame.select("customer_id", "segment_id", "segment_name").collect()
+    )
+
+
+@pytest.fixture(scope="module")
+def two_dates(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A lake with generated telecom data, run at two month ends (train, then score)."""
+    root = tmp_path_factory.mktemp("segments")
+    _ok(root, "generate", "--domain", DOMAIN, "--customers", "300", "--end", D2)
+    _ok(root, "run", "--domain", DOMAIN, "--as-of", D1)
+    _ok(root, "run", "--domain", DOMAIN, "--as-of", D2)
+    yield root
+
+
+def test_two_runs_give_two_snapshots_and_a_consistent_migration(
+    two_dates: Path, spark: SparkSession
+) -> None:
+    lake = Lake(spark, str(two_dates), backend="delta-rs")
+    first, second = _snapshot_rows(lake, D1), _snapshot_rows(lake, D2)
+    assert first and second
+    before = {c: s for c, s, _ in first}
+    after = {c: s for c, s, _ in second}
+    moves = lake.read("segment_migrations").where(F.col("domain") == DOMAIN).collect()
+    assert len(moves) == len(set(before) | set(after))
+    for row in moves:
+        assert row.from_segment_id == before.get(row.customer_id)
+        assert row.to_segment_id == after.get(row.customer_id)
+        assert (str(row.from_as_of), str(row.to_as_of)) == (D1, D2)
+    matrix = lake.read("segment_migration_matrix").where(F.col("domain") == DOMAIN).collect()
+    counts: dict[tuple[Any, Any], int] = {}
+    for row in moves:
+        key = (row.from_segment_id, row.to_segment_id)
+        counts[key] = counts.get(key, 0) + 1
+    assert {(r.from_segment_id, r.to_segment_id): r.customers for r in matrix} == counts
+    for row in matrix:
+        if row.from_segment_id is not None:
+            total = sum(n for (f, _), n in counts.items() if f == row.from_segment_id)
+            assert row.share_of_from == pytest.approx(row.customers / total)
+    drift = lake.read("segment_drift").where(F.col("domain") == DOMAIN).collect()
+    assert {r.kind for r in drift} == {"share", "feature"}
+    assert all(r.psi >= 0 for r in drift)
+
+
+def test_champion_model_reproduces_the_snapshot(two_dates: Path, spark: SparkSession) -> None:
+    lake = Lake(spark, str(two_dates), backend="delta-rs")
+    mlflow.set_tracking_uri(f"sqlite:///{two_dates}/_mlflow/mlflow.db")
+    model = mlflow.spark.load_model(f"models:/segspark-{DOMAIN}@champion")
+    features = lake.read(f"{DOMAIN}_features").where(F.col("as_of") == F.lit(D2).cast("date"))
+    scored = sorted(
+        (r.customer_id, r.segment_id)
+        for r in model.transform(features).select("customer_id", "segment_id").collect()
+    )
+    assert scored == [(c, s) for c, s, _ in _snapshot_rows(lake, D2)]
+
+
+def test_train_run_holds_metrics_plots_and_the_registered_version(two_dates: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{two_dates}/_mlflow/mlflow.db")
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(f"segspark/{DOMAIN}")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.step = 'train'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["domain"] == DOMAIN and run.data.tags["as_of"] == D1
+    history = client.get_metric_history(run.info.run_id, "silhouette")
+    assert sorted(m.step for m in history) == [2, 3, 4, 5]
+    for name in ("calinski_harabasz", "davies_bouldin", "wssse", "stability_ari"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 4
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "segmentation")}
+    assert any(p.endswith(".png") for p in artifacts)
+    assert any(p.endswith(".csv") for p in artifacts)
+    version = client.get_model_version_by_alias(f"segspark-{DOMAIN}", "champion")
+    assert version.run_id == run.info.run_id
+    steps = sorted(r.data.tags["step"] for r in client.search_runs([experiment.experiment_id], ""))
+    assert steps == ["features", "features", "score", "train"]
+
+
+def test_rerunning_a_date_leaves_the_tables_unchanged(two_dates: Path, spark: SparkSession) -> None:
+    lake = Lake(spark, str(two_dates), backend="delta-rs")
+    tables = (
+        "segment_snapshots",
+        "segment_migrations",
+        "segment_migration_matrix",
+        "segment_profiles",
+        f"{DOMAIN}_features",
+    )
+    before = {t: lake.read(t).count() for t in tables}
+    rows = _snapshot_rows(lake, D2)
+    _ok(two_dates, "run", "--domain", DOMAIN, "--as-of", D2)
+    assert {t: lake.read(t).count() for t in tables} == before
+    assert _snapshot_rows(lake, D2) == rows
+
+
+def test_retraining_with_another_seed_keeps_segment_ids(
+    two_dates: Path, spark: SparkSession
+) -> None:
+    # the champion was trained on D1: retrain on the same data, same k, another seed
+    lake = Lake(spark, str(two_dates), backend="delta-rs")
+    rows = _snapshot_rows(lake, D1)
+    registry = lake.read("segment_registry").where(F.col("domain") == DOMAIN)
+    k = registry.where(F.col("retired_as_of").isNull()).count()
+    _ok(two_dates, "--set", "model.seed=7", "train", "--domain", DOMAIN, "--as-of", D1,
+        "--k", str(k))  # fmt: skip
+    again = {c: s for c, s, _ in _snapshot_rows(lake, D1)}
+    same = sum(1 for c, s, _ in rows if again.get(c) == s)
+    assert same / len(rows) >= 0.99
+    ids = [r.segment_id for r in lake.read("segment_registry").collect()]
+    assert len(ids) == len(set(ids))
+
+
+def test_an_interrupted_train_rerun_gives_the_uninterrupted_rows(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    clean, broken = tmp_path / "clean", tmp_path / "broken"
+    for root in (clean, broken):
+        _ok(root, "generate", "--domain", DOMAIN, "--customers", "120")
+        _ok(root, "features", "--domain", DOMAIN, "--as-of", D1)
+    _ok(clean, "train", "--domain", DOMAIN, "--as-of", D1, "--k", "3")
+    code, _, err = _cli(
+        broken,
+        "train",
+        "--domain",
+        DOMAIN,
+        "--as-of",
+        D1,
+        "--k",
+        "3",
+        env={"SEGSPARK_FAULT": "snapshots.after_registry"},
+    )
+    assert code == 1
+    assert "fault injected at snapshots.after_registry" in err
+    lake = Lake(spark, str(broken), backend="delta-rs")
+    assert not lake.exists("segment_snapshots")
+    mlflow.set_tracking_uri(f"sqlite:///{broken}/_mlflow/mlflow.db")
+    client = mlflow.MlflowClient()
+    failed = client.search_runs(
+        [client.get_experiment_by_name(f"segspark/{DOMAIN}").experiment_id],  # type: ignore[union-attr]
+        "tags.step = 'train'",
+    )
+    assert [r.info.status for r in failed] == ["FAILED"]
+    _ok(broken, "train", "--domain", DOMAIN, "--as-of", D1, "--k", "3")
+    assert _snapshot_rows(lake, D1) == _snapshot_rows(Lake(spark, str(clean)), D1)
+
+
+def test_score_without_a_champion_is_a_clear_error(cli: Any) -> None:
+    code, _, err = cli("score", "--domain", "energy", "--as-of", D1)
+    assert code == 2
+    assert err == (
+        "segspark: error: no champion model for energy: run `segspark train --domain energy` "
+        "first\n"
+    )
