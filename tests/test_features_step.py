@@ -112,3 +112,55 @@ def test_bad_as_of_is_a_usage_error(cli: Any) -> None:
     code, _, err = cli("features", "--domain", "retail", "--as-of", "2024-13-01")
     assert code == 2
     assert "not an ISO date (YYYY-MM-DD): '2024-13-01'" in err
+
+
+def _reduced_table(lake: Lake, lake_root: Path, feature_version: int) -> None:
+    """Rewrite telecom_features without usage_trend, as an older schema would have it."""
+    import shutil
+
+    rows = lake.read("telecom_features").drop("usage_trend")
+    rows = rows.withColumn("feature_version", F.lit(feature_version)).toPandas()
+    shutil.rmtree(lake_root / "telecom_features")
+    lake.write(
+        "telecom_features",
+        lake.spark.createDataFrame(rows),
+        partition_by=["as_of"],
+    )
+
+
+@pytest.mark.slow
+def test_a_new_feature_version_adds_columns_and_old_rows_read_null(
+    cli: Any, lake: Lake, lake_root: Path
+) -> None:
+    assert cli("generate", "--domain", "telecom", "--customers", "40")[0] == 0
+    assert cli("features", "--domain", "telecom", "--as-of", "2024-02-29")[0] == 0
+    _reduced_table(lake, lake_root, feature_version=0)
+    assert "usage_trend" not in lake.schema("telecom_features").names
+
+    code, _, err = cli("features", "--domain", "telecom", "--as-of", "2024-03-31")
+    assert code == 0, err
+    table = lake.read("telecom_features")
+    assert table.columns[-1] == "usage_trend"
+    old = table.where(F.col("as_of") == F.lit("2024-02-29").cast("date"))
+    new = table.where(F.col("as_of") == F.lit("2024-03-31").cast("date"))
+    assert old.where(F.col("usage_trend").isNotNull()).count() == 0
+    assert {r.feature_version for r in old.select("feature_version").distinct().collect()} == {0}
+    assert new.where(F.col("usage_trend").isNotNull()).count() > 0
+    assert {r.feature_version for r in new.select("feature_version").distinct().collect()} == {1}
+
+
+@pytest.mark.slow
+def test_a_schema_change_without_a_new_version_is_refused(
+    cli: Any, lake: Lake, lake_root: Path
+) -> None:
+    assert cli("generate", "--domain", "telecom", "--customers", "40")[0] == 0
+    assert cli("features", "--domain", "telecom", "--as-of", "2024-02-29")[0] == 0
+    _reduced_table(lake, lake_root, feature_version=1)
+    version = lake.version("telecom_features")
+    code, _, err = cli("features", "--domain", "telecom", "--as-of", "2024-03-31")
+    assert code == 2
+    assert err == (
+        "segspark: error: telecom_features holds feature_version 1 with another schema than "
+        "version 1 computes; bump FEATURE_VERSION in segspark/features/catalog.py\n"
+    )
+    assert lake.version("telecom_features") == version
