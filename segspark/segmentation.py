@@ -185,6 +185,35 @@ def _write_profiles(
         )
 
 
+def _publish(
+    lake: Lake,
+    scored: DataFrame,
+    profile: Any,
+    names: dict[int, str],
+    *,
+    domain: str,
+    as_of: dt.date,
+    version: str,
+    run_id: str,
+    registry_frame: DataFrame | None = None,
+) -> None:
+    """Write the snapshot (after any registry update) and the profiles; log the profiles."""
+    snapshot = snapshot_frame(
+        scored,
+        names,
+        domain=domain,
+        as_of=as_of,
+        model_name=model_name(domain),
+        model_version=version,
+        run_id=run_id,
+    )
+    write_snapshot(lake, snapshot, domain=domain, as_of=as_of, registry_frame=registry_frame)
+    _write_profiles(
+        lake, profile.profiles, profile.feature_profiles, names, domain=domain, as_of=as_of
+    )
+    log_profiles(profile.profiles, profile.feature_profiles)
+
+
 def train(
     spark: SparkSession,
     lake: Lake,
@@ -265,20 +294,17 @@ def train(
                 names=by_cluster,
             )
             names = segment_names(new_registry, domain)
-            snapshot = snapshot_frame(
+            _publish(
+                lake,
                 scored,
+                profile,
                 names,
                 domain=domain,
                 as_of=as_of,
-                model_name=model_name(domain),
-                model_version=version,
+                version=version,
                 run_id=run.info.run_id,
+                registry_frame=new_registry,
             )
-            write_snapshot(lake, snapshot, domain=domain, as_of=as_of, registry_frame=new_registry)
-            _write_profiles(
-                lake, profile.profiles, profile.feature_profiles, names, domain=domain, as_of=as_of
-            )
-            log_profiles(profile.profiles, profile.feature_profiles)
             customers = int(result.rows)
         finally:
             scored.unpersist()
@@ -333,21 +359,16 @@ def score(
         names = segment_names(registry, domain)
         scored = model.transform(features).persist()
         try:
-            snapshot = snapshot_frame(
+            _publish(
+                lake,
                 scored,
+                profile_segments(scored, settings.model),
                 names,
                 domain=domain,
                 as_of=as_of,
-                model_name=model_name(domain),
-                model_version=version,
+                version=version,
                 run_id=run.info.run_id,
             )
-            write_snapshot(lake, snapshot, domain=domain, as_of=as_of)
-            profile = profile_segments(scored, settings.model)
-            _write_profiles(
-                lake, profile.profiles, profile.feature_profiles, names, domain=domain, as_of=as_of
-            )
-            log_profiles(profile.profiles, profile.feature_profiles)
             ids = [r[0] for r in scored.select("segment_id").distinct().collect()]
             customers = scored.count()
         finally:
