@@ -24,6 +24,15 @@ def spark() -> Iterator[SparkSession]:
     session.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; undo it after every test.
+
+    Otherwise a later test's ``segspark`` call would track into an earlier test's store.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def lake_root(tmp_path: Path) -> Path:
     root = tmp_path / "lake"
