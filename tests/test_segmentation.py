@@ -239,3 +239,69 @@ def test_the_query_notebook_runs_on_a_segmented_lake(two_dates: Path, spark: Spa
         ]
     )  # fmt: skip
     assert row in done.stdout.replace(" ", "")
+
+
+def test_the_migration_matrix_recovers_the_planted_transitions(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Planted monthly moves (30% of customers) are recovered from two snapshots.
+
+    Telecom features over a 28-day window see one month of behaviour, so a customer's segment at
+    a month end reflects that month's planted segment.
+    """
+    from segspark.config import load_settings
+    from segspark.model.metrics import ari_from_contingency
+    from segspark.synth import domain_transition_matrix
+
+    share = 0.3
+    opts = (
+        "--set", "features.telecom.window_days=28", "--set", "features.telecom.trend_days=14",
+        "--set", f"synth.migration_share={share}",
+    )  # fmt: skip
+    _ok(tmp_path, *opts, "generate", "--domain", DOMAIN, "--customers", "600", "--end", D2)
+    _ok(tmp_path, *opts, "run", "--domain", DOMAIN, "--as-of", D1)
+    _ok(tmp_path, *opts, "run", "--domain", DOMAIN, "--as-of", D2)
+    lake = Lake(spark, str(tmp_path), backend="delta-rs")
+
+    truth = {
+        (r.customer_id, str(r.as_of)): r.true_segment
+        for r in lake.read("synthetic_truth").where(F.col("domain") == DOMAIN).collect()
+    }
+    snapshot = {
+        (r.customer_id, str(r.as_of)): r.segment_id
+        for r in lake.read("segment_snapshots").where(F.col("domain") == DOMAIN).collect()
+    }
+    # every recovered segment stands for one planted segment (majority of its D1 members)
+    members: dict[int, dict[str, int]] = {}
+    for (customer, as_of), segment in snapshot.items():
+        if as_of == D1 and (customer, D1) in truth:
+            planted = truth[(customer, D1)]
+            members.setdefault(segment, {}).setdefault(planted, 0)
+            members[segment][planted] += 1
+    label = {s: max(c, key=lambda p: c[p]) for s, c in members.items()}
+    assert len(set(label.values())) == len(label) == 5
+    table: dict[tuple[int, ...], int] = {}
+    for segment, counts in members.items():
+        for planted, n in counts.items():
+            key = (segment, sorted(label.values()).index(planted))
+            table[key] = table.get(key, 0) + n
+    assert ari_from_contingency(table) >= 0.9
+
+    # recovered transitions among customers in both snapshots vs (1 - m) I + m Q
+    planted_q = domain_transition_matrix(
+        load_settings(env="test", overrides=[f"synth.migration_share={share}"]).synth, DOMAIN
+    )
+    flows: dict[str, dict[str, int]] = {}
+    for r in lake.read("segment_migrations").collect():
+        if r.from_segment_id is not None and r.to_segment_id is not None:
+            src, dst = label[r.from_segment_id], label.get(r.to_segment_id, "?")
+            flows.setdefault(src, {}).setdefault(dst, 0)
+            flows[src][dst] += 1
+    for src, row in flows.items():
+        n = sum(row.values())
+        for dst in planted_q[src]:
+            expected = (1 - share) * (src == dst) + share * planted_q[src][dst]
+            observed = row.get(dst, 0) / n
+            sampling_error = (expected * (1 - expected) / n) ** 0.5
+            # 25 cells compared: 4 binomial standard errors (on this seed the largest is 2.7)
+            assert abs(observed - expected) <= 4 * sampling_error, (src, dst, n, observed)
