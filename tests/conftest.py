@@ -25,12 +25,15 @@ def spark() -> Iterator[SparkSession]:
 
 
 @pytest.fixture(autouse=True)
-def _no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; undo it after every test.
+def _no_leaked_tracking_uri() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; remove it after every test.
 
-    Otherwise a later test's ``segspark`` call would track into an earlier test's store.
+    Otherwise a later ``segspark`` call (a module fixture's included) would track into an
+    earlier test's store instead of its own lake's.
     """
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture
