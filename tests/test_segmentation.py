@@ -305,3 +305,35 @@ def test_the_migration_matrix_recovers_the_planted_transitions(
             sampling_error = (expected * (1 - expected) / n) ** 0.5
             # 25 cells compared: 4 binomial standard errors (on this seed the largest is 2.7)
             assert abs(observed - expected) <= 4 * sampling_error, (src, dst, n, observed)
+
+
+def test_automatic_k_finds_the_planted_energy_segments(spark: SparkSession, tmp_path: Path) -> None:
+    """A one-month window sees the load shape each meter is planted with at the month end.
+
+    Telecom's recovery is asserted by the migration test above (600 customers); retail does not
+    recover its planted segments yet (the model issue stays open for it).
+    """
+    domain = "energy"
+    window = ("features.energy.window_days=28",)
+    from segspark.config import load_settings
+    from segspark.model.metrics import ari_from_contingency
+    from segspark.synth import segment_names
+
+    opts = [arg for value in window for arg in ("--set", value)]
+    _ok(tmp_path, *opts, "generate", "--domain", domain, "--customers", "300")
+    _ok(tmp_path, *opts, "run", "--domain", domain, "--as-of", D1)
+    lake = Lake(spark, str(tmp_path), backend="delta-rs")
+    planted = segment_names(load_settings(env="test").synth, domain)
+    truth = {
+        r.customer_id: r.true_segment
+        for r in lake.read("synthetic_truth")
+        .where(F.col("as_of") == F.lit(D1).cast("date"))
+        .collect()
+    }
+    table: dict[tuple[int, ...], int] = {}
+    for r in lake.read("segment_snapshots").collect():
+        if r.customer_id in truth:  # lapsed during the month: events, but no planted segment
+            key = (r.segment_id, planted.index(truth[r.customer_id]))
+            table[key] = table.get(key, 0) + 1
+    assert len({segment for segment, _ in table}) == len(planted) == 5
+    assert ari_from_contingency(table) >= 0.9
