@@ -164,3 +164,21 @@ def test_a_schema_change_without_a_new_version_is_refused(
         "version 1 computes; bump FEATURE_VERSION in segspark/features/catalog.py\n"
     )
     assert lake.version("telecom_features") == version
+
+
+@pytest.mark.slow
+def test_a_clv_fit_without_an_interior_maximum_leaves_clv_null(cli: Any, lake: Lake) -> None:
+    # two months of generated history: BG/NBD's a and b run off to infinity (no dropout seen)
+    assert cli("generate", "--domain", "retail", "--customers", "400")[0] == 0
+    code, out, err = cli("features", "--domain", "retail", "--as-of", "2024-02-29")
+    assert code == 0, err
+    assert "clv: the BG/NBD fit has no interior maximum for this history" in out
+    row = (
+        lake.read("retail_features")
+        .agg(F.count(F.lit(1)), F.count("clv"), F.count("p_alive"), F.count("recency_days"))
+        .first()
+    )
+    assert row is not None
+    assert (row[1], row[2]) == (0, 0)
+    assert row[0] == row[3] > 0
+    assert not lake.exists("clv_parameters")

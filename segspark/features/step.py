@@ -71,6 +71,7 @@ def compute_features(
     if domain == "retail":
         cfg = settings.clv
         summary = clv_models.clv_summary(events, calibration_end=as_of).persist()
+        scored: DataFrame | None = None
         try:
             try:
                 bgnbd, gamma_gamma = clv_models.fit_clv(summary, cfg)
@@ -80,31 +81,28 @@ def compute_features(
                 # a short history often has no interior likelihood maximum; the behavioural
                 # features still stand, the CLV columns stay null and the run says why
                 log.warning("retail CLV at %s not estimated: %s", as_of, exc)
-                frame = retail_features(
-                    events, as_of=as_of, settings=settings.features, customers=customers
+                metrics = {"clv_failed": 1.0}
+            else:
+                scored = clv_models.score_clv(
+                    summary,
+                    bgnbd,
+                    gamma_gamma,
+                    horizon_weeks=cfg.horizon_weeks,
+                    clv_months=cfg.clv_months,
+                    monthly_discount_rate=clv_models.monthly_rate(
+                        cfg.discount_rate, period=cfg.discount_period
+                    ),
                 )
-                version = FEATURE_VERSION[domain]
-                failed = {"clv_failed": 1.0}
-                return frame.withColumn("feature_version", F.lit(version)), failed, None
-            scored = clv_models.score_clv(
-                summary,
-                bgnbd,
-                gamma_gamma,
-                horizon_weeks=cfg.horizon_weeks,
-                clv_months=cfg.clv_months,
-                monthly_discount_rate=clv_models.monthly_rate(
-                    cfg.discount_rate, period=cfg.discount_period
-                ),
-            )
+                metrics = clv_models.clv_metrics(bgnbd, gamma_gamma)
+                parameters = clv_models.clv_parameters(
+                    lake.spark, bgnbd, gamma_gamma, domain=domain, as_of=as_of
+                )
             frame = retail_features(
                 events, as_of=as_of, settings=settings.features, customers=customers, clv=scored
             )
         finally:
+            # the fits are done; the lazy scored frame recomputes the summary once, at the write
             summary.unpersist()
-        metrics = clv_models.clv_metrics(bgnbd, gamma_gamma)
-        parameters = clv_models.clv_parameters(
-            lake.spark, bgnbd, gamma_gamma, domain=domain, as_of=as_of
-        )
     else:
         frame = FEATURE_FUNCTIONS[domain](
             events, as_of=as_of, settings=settings.features, customers=customers
