@@ -19,6 +19,7 @@ import glob
 import logging
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def build_session(settings: SparkSettings) -> SparkSession:
     submitted = under_spark_submit()
     if not submitted:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers run this interpreter (its installed packages, segspark included), not
+        # whichever python3 is first on PATH: `.venv/bin/segspark` works from any directory.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     given = None
     if submitted:
         SparkContext._ensure_initialized()  # connect to spark-submit's JVM to see its settings

@@ -75,3 +75,9 @@ def test_spark_submit_settings_win_over_segspark_defaults(tmp_path) -> None:  # 
     )
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
     assert line == ["RESULT local[1] 7 UTC"], out.stderr[-2000:]
+
+
+def test_python_workers_run_the_driver_interpreter(spark: SparkSession) -> None:
+    # not whichever python3 is first on PATH (it may lack segspark and its dependencies)
+    ran = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").executable)
+    assert ran.collect() == [sys.executable]
