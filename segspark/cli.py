@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(ctx, args))
     except SegsparkError as exc:
-        log.debug("failed", exc_info=True)
+        log.info("failed", exc_info=True)  # shown with --verbose
         print(f"segspark: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from pyspark.errors import AnalysisException, ParseException
 
-        log.debug("failed", exc_info=True)
+        log.info("failed", exc_info=True)  # shown with --verbose
         if isinstance(exc, AnalysisException | ParseException):
             print(f"segspark: error: {_one_line(exc)}", file=sys.stderr)
             return 2
