@@ -207,40 +207,6 @@ def test_score_without_a_champion_is_a_clear_error(cli: Any) -> None:
     )
 
 
-def test_the_query_notebook_runs_on_a_segmented_lake(two_dates: Path, spark: SparkSession) -> None:
-    import subprocess
-    import sys
-
-    notebook = Path(__file__).resolve().parent.parent / "notebooks" / "query_segments.py"
-    env = {**os.environ, "SEGSPARK_LAKE": str(two_dates), "SEGSPARK_ENV": "test"}
-    done = subprocess.run(
-        [sys.executable, str(notebook)], capture_output=True, text=True, timeout=600, env=env
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lake = Lake(spark, str(two_dates), backend="delta-rs")
-    names = {r.segment_name for r in lake.read("segment_profiles").collect()}
-    assert all(name in done.stdout for name in names)
-    matrix = lake.read("segment_migration_matrix").collect()
-
-    def total(keep: Any) -> str:
-        values = [r.customers for r in matrix if keep(r)]
-        return str(sum(values)) if values else "NULL"
-
-    row = "|".join(
-        [
-            "", DOMAIN, D1, D2,
-            total(lambda r: r.from_segment_id is None),
-            total(lambda r: r.to_segment_id is None),
-            total(lambda r: None not in (r.from_segment_id, r.to_segment_id)
-                  and r.from_segment_id != r.to_segment_id),
-            total(lambda r: r.from_segment_id is not None
-                  and r.from_segment_id == r.to_segment_id),
-            "",
-        ]
-    )  # fmt: skip
-    assert row in done.stdout.replace(" ", "")
-
-
 def test_the_migration_matrix_recovers_the_planted_transitions(
     spark: SparkSession, tmp_path: Path
 ) -> None:
