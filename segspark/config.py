@@ -205,6 +205,7 @@ class RetailFeaturesSettings(_Strict):
     window_days: int | None = Field(ge=1)
     trend_days: int = Field(ge=1)
     rfm_scores: int = Field(ge=2, le=100)
+    rate_min_days: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _trend_fits(self) -> RetailFeaturesSettings:
@@ -298,7 +299,6 @@ class ModelSettings(_Strict):
     silhouette_sample_size: int = Field(ge=10)
     bootstrap_resamples: int = Field(ge=0)
     stability_threshold: float = Field(ge=-1, le=1)
-    min_segment_size: int = Field(ge=1)
     segment_mapping: dict[int, int]
     value_column: str | None
     naming: NamingSettings
@@ -310,6 +310,30 @@ class ModelSettings(_Strict):
         if len(set(self.segment_mapping.values())) != len(self.segment_mapping):
             raise ValueError("segment_mapping must map each cluster to a different segment_id")
         return self
+
+
+class PrivacySettings(_Strict):
+    """Pseudonymisation, small-segment withholding and differential privacy (``segspark.privacy``).
+
+    The pseudonymisation key is never a setting: it comes from the file ``key_file`` names or
+    from the ``SEGSPARK_PSEUDONYM_KEY`` environment variable (:func:`segspark.privacy.load_key`).
+    """
+
+    pseudonymize: bool
+    key_file: str | None
+    min_segment_size: int = Field(ge=1)
+    epsilon: float | None = Field(gt=0)
+    clip: dict[str, tuple[float, float]]
+
+    @field_validator("clip")
+    @classmethod
+    def _bounds_ordered(
+        cls, value: dict[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        bad = [name for name, (lo, hi) in value.items() if not lo < hi]
+        if bad:
+            raise ValueError(f"clip bounds must be [lo, hi] with lo < hi: {', '.join(bad)}")
+        return value
 
 
 class SnapshotsSettings(_Strict):
@@ -357,6 +381,22 @@ class Settings(_Strict):
     demo: DemoSettings
     snapshots: SnapshotsSettings
     report: ReportSettings
+    privacy: PrivacySettings
+
+    @model_validator(mode="after")
+    def _clip_covers_published_features(self) -> Settings:
+        if self.privacy.epsilon is None:
+            return self
+        needed = [*self.model.features]
+        if self.model.value_column and self.model.value_column not in needed:
+            needed.append(self.model.value_column)
+        missing = [name for name in needed if name not in self.privacy.clip]
+        if missing:
+            raise ValueError(
+                "privacy.epsilon needs privacy.clip bounds [lo, hi] for every profiled feature; "
+                f"missing: {', '.join(missing)}"
+            )
+        return self
 
     def config_hash(self) -> str:
         """A short, stable hash of the resolved settings (tagged on every MLflow run)."""
@@ -432,6 +472,10 @@ def _describe(error: ValidationError) -> str:
         return f"config error: unknown key {key!r}"
     if first["type"] == "missing":
         return f"config error: missing key {key!r}"
+    if isinstance(first.get("input"), Mapping):
+        # a cross-field rule: the whole section is the input, too long for one line
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return f"config error: {message}" if key == "<root>" else f"config error: {key}: {message}"
     return f"config error: {key}: {first['msg']} (got {first.get('input')!r})"
 
 

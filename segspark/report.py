@@ -13,9 +13,13 @@ Two halves:
 * :func:`render_report` turns that :class:`ReportData` into HTML. It is pure, and every string
   that comes from data (segment, feature and drift names) is HTML-escaped.
 
-Privacy follows ``segment_profiles``: a withheld segment's card says "withheld (fewer than N
-customers)" and shows no aggregates, its heatmap row is left out, and migration flows of fewer
-than N customers are not drawn (every flow into or out of a withheld segment is such a flow).
+Privacy follows ``segment_profiles`` (N = ``privacy.min_segment_size``): a withheld segment's
+card says it is withheld and shows no aggregates, its heatmap row and its bars are left out.
+The migration Sankey and table leave out (:func:`suppress_flows`) every flow of fewer than N
+customers, every flow out of a segment withheld at the previous snapshot or into one withheld
+at this one, and, for each segment (row or column of the matrix) whose left-out flows would sum
+to 1 .. N - 1 customers, its smallest shown flow too, until no such row or column is left: a
+left-out flow can then not be recovered as a segment's size minus its shown flows.
 
 Example:
     >>> data = collect_report_data(lake, domain="retail", max_periods=12)
@@ -133,6 +137,7 @@ class ReportData:
     feature_scores: Sequence[FeatureScore]
     sizes: Sequence[SizePoint] = ()
     names: Mapping[int, str] = field(default_factory=dict)
+    previous_withheld: frozenset[int] = frozenset()
     flows: Sequence[Flow] | None = None
     drift: Sequence[DriftRow] | None = None
     k_metrics: Sequence[Mapping[str, float]] = ()
@@ -308,10 +313,11 @@ def collect_report_data(
     previous = earlier[-1] if earlier else None
     periods = [*earlier, as_of][-max_periods:]
     is_domain = F.col("domain") == F.lit(domain)
+    wanted = [*periods] + ([previous] if previous is not None and previous not in periods else [])
 
     profile_rows = (
         lake.read("segment_profiles")
-        .where(is_domain & F.col("as_of").isin(*periods))
+        .where(is_domain & F.col("as_of").isin(*wanted))
         .select(
             "as_of",
             F.col("segment_id").cast("int").alias("segment_id"),
@@ -327,12 +333,17 @@ def collect_report_data(
     names: dict[int, str] = {}
     sizes: list[SizePoint] = []
     profiles: list[SegmentProfile] = []
+    previous_withheld: set[int] = set()
     for r in sorted(profile_rows, key=lambda r: (_as_date(r["as_of"]), r["segment_id"])):
         sid = int(r["segment_id"])
-        if r["segment_name"]:
-            names[sid] = str(r["segment_name"])
         date = _as_date(r["as_of"])
         withheld = bool(r["withheld"])
+        if date == previous and withheld:
+            previous_withheld.add(sid)
+        if date not in periods:
+            continue
+        if r["segment_name"]:
+            names[sid] = str(r["segment_name"])
         customers = None if withheld else _optional_int(r["customers"])
         sizes.append(SizePoint(as_of=date, segment_id=sid, customers=customers))
         if date == as_of:
@@ -427,6 +438,7 @@ def collect_report_data(
         feature_scores=scores,
         sizes=sizes,
         names=names,
+        previous_withheld=frozenset(previous_withheld),
         flows=flows,
         drift=drift,
         k_metrics=normalise_k_metrics(k_metrics),
@@ -534,8 +546,9 @@ def render_cards(data: ReportData, options: ReportOptions) -> str:
         if p.withheld:
             cards.append(
                 f'<article class="card withheld" data-segment="{p.segment_id}">{head}'
-                f'<p class="withheld-note">withheld (fewer than {options.min_segment_size} '
-                f"customers)</p></article>"
+                f'<p class="withheld-note">withheld for privacy (fewer than '
+                f"{options.min_segment_size} customers, or held back with such a segment so "
+                f"that its size cannot be worked out)</p></article>"
             )
             continue
 
@@ -714,24 +727,88 @@ def _node_label(data: ReportData, segment_id: int | None, *, side: str) -> str:
     return _segment_name(data, segment_id)
 
 
+def _order(sid: int | None) -> tuple[int, int]:
+    return (1, 0) if sid is None else (0, sid)
+
+
+def suppress_flows(
+    flows: Sequence[Flow],
+    min_segment_size: int,
+    *,
+    withheld_from: Iterable[int] = (),
+    withheld_to: Iterable[int] = (),
+) -> list[Flow]:
+    """The flows a report may show (module docstring), in their input order.
+
+    Left out: flows under ``min_segment_size`` customers, flows out of ``withheld_from`` or into
+    ``withheld_to`` segments, and then, while some row (from-segment) or column (to-segment)
+    has left-out flows summing to 1 .. min_segment_size - 1 customers, its smallest shown flow.
+
+    Example:
+        >>> flows = [Flow(0, 0, 500), Flow(0, 1, 40), Flow(0, None, 3)]
+        >>> [f.to_segment_id for f in suppress_flows(flows, 10)]
+        [0]
+    """
+    before, after = set(withheld_from), set(withheld_to)
+    hidden = {
+        i
+        for i, f in enumerate(flows)
+        if f.customers < min_segment_size
+        or (f.from_segment_id is not None and f.from_segment_id in before)
+        or (f.to_segment_id is not None and f.to_segment_id in after)
+    }
+    lines: dict[tuple[int, tuple[int, int]], list[int]] = {}
+    for i, f in enumerate(flows):
+        lines.setdefault((0, _order(f.from_segment_id)), []).append(i)
+        lines.setdefault((1, _order(f.to_segment_id)), []).append(i)
+    changed = True
+    while changed:
+        changed = False
+        for line in sorted(lines):
+            members = lines[line]
+            left_out = sum(flows[i].customers for i in members if i in hidden)
+            visible = [i for i in members if i not in hidden]
+            if 0 < left_out < min_segment_size and visible:
+                hidden.add(
+                    min(
+                        visible,
+                        key=lambda i: (
+                            flows[i].customers,
+                            _order(flows[i].from_segment_id),
+                            _order(flows[i].to_segment_id),
+                        ),
+                    )
+                )
+                changed = True
+    return [f for i, f in enumerate(flows) if i not in hidden]
+
+
 def render_migration(data: ReportData, options: ReportOptions) -> str:
     """Sankey of customers moving between the previous snapshot and ``as_of``, and its table."""
     if data.previous_as_of is None:
         return _note(f"{data.as_of} is the first snapshot: there is no migration to show yet.")
     if not data.flows:
         return _note(f"No migration recorded between {data.previous_as_of} and {data.as_of}.")
-    shown = [f for f in data.flows if f.customers >= options.min_segment_size]
+    shown = suppress_flows(
+        data.flows,
+        options.min_segment_size,
+        withheld_from=data.previous_withheld,
+        withheld_to={p.segment_id for p in data.profiles if p.withheld},
+    )
     hidden = len(data.flows) - len(shown)
     hidden_note = (
-        _note(f"{hidden} flow(s) of fewer than {options.min_segment_size} customers are not shown.")
+        _note(
+            f"{hidden} flow(s) are not shown: flows of fewer than {options.min_segment_size} "
+            "customers, flows of withheld segments, and flows that would let those be worked "
+            "out from the totals."
+        )
         if hidden
         else ""
     )
     if not shown:
         return _note("Every flow is too small to show.") + hidden_note
 
-    def order(sid: int | None) -> tuple[int, int]:
-        return (1, 0) if sid is None else (0, sid)
+    order = _order
 
     sides: dict[str, dict[int | None, int]] = {"from": {}, "to": {}}
     for f in shown:
@@ -1016,7 +1093,8 @@ def render_report(data: ReportData, options: ReportOptions) -> str:
     title = f"Customer segments: {data.domain}, {data.as_of}"
     withheld = sum(1 for p in data.profiles if p.withheld)
     summary = f"{len(data.profiles)} segments" + (
-        f", {withheld} withheld (fewer than {options.min_segment_size} customers)"
+        f", {withheld} withheld for privacy (segments need at least "
+        f"{options.min_segment_size} customers)"
         if withheld
         else ""
     )

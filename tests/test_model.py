@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType
 
-from segspark.config import ModelSettings, NamingSettings, load_settings
+from segspark.config import ModelSettings, NamingSettings, PrivacySettings, load_settings
 from segspark.errors import InputError, UsageError
 from segspark.model import (
     adjusted_rand_index,
@@ -29,6 +29,7 @@ from segspark.model import (
     calinski_harabasz,
     cluster_centers,
     cluster_stats,
+    contingency,
     davies_bouldin,
     fit_pipeline,
     jaccard_recovery,
@@ -44,8 +45,16 @@ from segspark.model import (
     wssse,
 )
 from segspark.model.metrics import point_silhouette
-from segspark.model.pipeline import build_clusterer, fit_clusterer, vector_col
-from segspark.model.select import KMetrics, choose_k
+from segspark.model.pipeline import (
+    build_clusterer,
+    fit_clusterer,
+    fit_clusterers,
+    fit_vectors,
+    parallel_map,
+    training_frame,
+    vector_col,
+)
+from segspark.model.select import KMetrics, _pair_tables, _predict, choose_k
 
 FEATURES = ["recency_days", "frequency", "monetary_total"]
 # (recency_days, frequency, log1p(monetary_total)) centres; sizes; spreads per feature
@@ -66,6 +75,12 @@ def settings() -> ModelSettings:
             "model.value_column=monetary_total",
         ],
     ).model
+
+
+@pytest.fixture(scope="module")
+def privacy() -> PrivacySettings:
+    """conf/test.yaml's privacy section (privacy.min_segment_size = 10, no noise)."""
+    return load_settings(env="test").privacy
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +220,79 @@ def test_restarts_keep_the_lowest_cost_start(
         for r in range(2)
     ]
     assert best.summary.trainingCost == min(costs)
+
+
+def test_training_frame_is_an_uncached_view_of_the_same_rows(
+    labelled_points: tuple[DataFrame, np.ndarray, np.ndarray],
+) -> None:
+    cached = labelled_points[0].cache()
+    view = training_frame(cached, "features")
+    # MLlib caches its own deserialized copy only for a frame that is not cached itself
+    assert view.storageLevel.useMemory is False and view.storageLevel.useDisk is False
+    assert view.columns == ["features"]
+    assert view.collect() == cached.select("features").collect()
+
+
+def test_concurrent_fits_equal_sequential_ones(
+    labelled_points: tuple[DataFrame, np.ndarray, np.ndarray], settings: ModelSettings
+) -> None:
+    frame = labelled_points[0].withColumnRenamed("features", vector_col(settings)).cache()
+    ks = [2, 3, 4, 5]
+    together = fit_clusterers(frame, "kmeans", ks, settings, parallelism=3)
+    assert list(together) == ks
+    for k in ks:
+        alone = fit_clusterer(frame, "kmeans", k, settings)
+        np.testing.assert_array_equal(cluster_centers(together[k]), cluster_centers(alone))
+        assert together[k].summary.trainingCost == alone.summary.trainingCost
+
+
+def test_parallel_map_keeps_order_and_raises_the_first_failure(spark: SparkSession) -> None:
+    assert parallel_map(spark, lambda x: x * x, range(7), 3) == [0, 1, 4, 9, 16, 25, 36]
+
+    def boom(x: int) -> int:
+        if x == 2:
+            raise InputError("no 2")
+        return x
+
+    with pytest.raises(InputError, match="no 2"):
+        parallel_map(spark, boom, range(4), 2)
+    with pytest.raises(UsageError, match="parallelism must be at least 1, got 0"):
+        parallel_map(spark, boom, range(4), 0)
+
+
+def test_bootstrap_pairs_counted_in_one_pass_equal_per_pair_tables(
+    blobs: DataFrame, settings: ModelSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, vectors = fit_vectors(blobs, FEATURES, settings)
+    try:
+        fits = [
+            fit_clusterer(vectors.sample(True, 1.0, seed=s), "kmeans", 3, settings)
+            for s in (1, 2, 3)
+        ]
+        full = fit_clusterer(vectors, "kmeans", 3, settings)
+        labeled = _predict(full, vectors, "_seg_cluster")
+        pairs = [(fits[0], fits[1]), (fits[1], fits[2]), (fits[2], fits[0])]
+        expected = [
+            contingency(_predict(b, _predict(a, labeled, "_a"), "_b"), "_seg_cluster", "_a", "_b")
+            for a, b in pairs
+        ]
+        assert _pair_tables(labeled, pairs, 3) == expected
+        # 27 cells per pair at k = 3: two chunks of one pair and one of two
+        monkeypatch.setattr("segspark.model.select.MAX_CONTINGENCY_CELLS", 60)
+        assert _pair_tables(labeled, pairs, 3) == expected
+    finally:
+        vectors.unpersist()
+
+
+def test_the_k_table_does_not_depend_on_parallelism(
+    blobs: DataFrame, settings: ModelSettings, selection
+) -> None:  # type: ignore[no-untyped-def]
+    one = select_model(blobs, settings=settings, k_min=3, k_max=4, parallelism=1)
+    assert list(one.metrics) == [m for m in selection.metrics if m.k in (3, 4)]
+    fixed = select_model(blobs, settings=settings, k=4, parallelism=3)
+    assert fixed.metrics == (selection.chosen,)
+    with pytest.raises(UsageError, match="parallelism must be at least 1, got 0"):
+        select_model(blobs, settings=settings, parallelism=0)
 
 
 # --- automatic k, recovery, stability ----------------------------------------------------------
@@ -371,10 +459,10 @@ def test_names_are_deterministic_unique_and_only_vocabulary(settings: ModelSetti
 
 
 def test_segment_profiles_shares_sum_to_one_and_names_are_unique(
-    selection, scored: DataFrame, settings: ModelSettings
+    selection, scored: DataFrame, settings: ModelSettings, privacy: PrivacySettings
 ) -> None:  # type: ignore[no-untyped-def]
-    first = profile_segments(scored, settings)
-    again = profile_segments(scored, settings)
+    first = profile_segments(scored, settings, privacy=privacy)
+    again = profile_segments(scored, settings, privacy=privacy)
     assert first.names == again.names
     assert len(set(first.names.values())) == 4
     words = {w for e in settings.naming.vocabulary.values() for w in (e.high, e.low) if w}
@@ -432,25 +520,35 @@ def test_feature_profile_means_and_z_scores_match_numpy(scored: DataFrame) -> No
             assert got[(s, f)][1] == pytest.approx((mean - pop_mean) / pop_sd, rel=1e-9)
 
 
-def test_small_segments_are_withheld_with_null_aggregates(
-    scored: DataFrame, settings: ModelSettings
+def test_small_segments_are_withheld_with_their_complement(
+    scored: DataFrame, settings: ModelSettings, privacy: PrivacySettings
 ) -> None:
-    small = settings.model_copy(update={"min_segment_size": 65})  # withholds the 60-row blob
-    result = profile_segments(scored, small)
+    # privacy.min_segment_size = 65 makes the 60-row blob small; alone it could be derived as
+    # 300 - the published sizes, so the next-smallest segment (71 rows: one point of the
+    # 70-blob sits nearer another centre) is withheld with it.
+    strict = privacy.model_copy(update={"min_segment_size": 65})
+    result = profile_segments(scored, settings, privacy=strict)
+    sizes = {r["segment_id"]: r["count"] for r in scored.groupBy("segment_id").count().collect()}
+    by_size = {n: s for s, n in sizes.items()}
+    assert sorted(sizes.values()) == [60, 71, 80, 89]
     rows = {r["segment_id"]: r for r in result.profiles.collect()}
-    withheld = [s for s, r in rows.items() if r["withheld"]]
-    assert len(withheld) == 1
-    hidden = rows[withheld[0]]
-    assert (hidden["customers"], hidden["share"], hidden["value"], hidden["value_share"]) == (
-        None,
-        None,
-        None,
-        None,
-    )
-    assert hidden["segment_name"] == "Small"
-    assert sum(r["share"] for r in rows.values() if not r["withheld"]) == pytest.approx(240 / 300)
-    fp = result.feature_profiles.where(F.col("segment_id") == withheld[0]).collect()
-    assert len(fp) == 3 and all(r["mean"] is None and r["z_score"] is None for r in fp)
+    withheld = {s for s, r in rows.items() if r["withheld"]}
+    assert withheld == {by_size[60], by_size[71]} == set(result.withheld)
+    for s in withheld:
+        hidden = rows[s]
+        assert (hidden["customers"], hidden["share"], hidden["value"], hidden["value_share"]) == (
+            None,
+            None,
+            None,
+            None,
+        )
+    # only the small segment is named "Small"; the complement keeps the name of its z-scores
+    assert rows[by_size[60]]["segment_name"] == "Small"
+    assert rows[by_size[71]]["segment_name"] not in (None, "Small")
+    assert sum(r["share"] for r in rows.values() if not r["withheld"]) == pytest.approx(169 / 300)
+    assert 300 - sum(r["customers"] for r in rows.values() if not r["withheld"]) >= 65
+    fp = result.feature_profiles.where(F.col("segment_id").isin(*withheld)).collect()
+    assert len(fp) == 6 and all(r["mean"] is None and r["z_score"] is None for r in fp)
     plain = segment_profiles(scored, None, names={}, min_segment_size=1).collect()
     assert all(r["value"] is None and r["segment_name"] is None for r in plain)
 
@@ -472,8 +570,8 @@ def test_mlflow_helpers_log_per_k_metrics_chosen_values_and_artifacts(
     previous = mlflow.get_tracking_uri()
     try:
         with step_run(full, uri, domain="retail", step="train", as_of="2024-03-31") as run:
-            log_selection(selection, threshold=settings.stability_threshold)
-            profiles = profile_segments(scored, settings)
+            log_selection(selection, threshold=settings.stability_threshold, min_segment_size=10)
+            profiles = profile_segments(scored, settings, privacy=full.privacy)
             log_profiles(profiles.profiles, profiles.feature_profiles)
         client = MlflowClient(uri)
         history = client.get_metric_history(run.info.run_id, "silhouette")

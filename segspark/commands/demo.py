@@ -70,12 +70,15 @@ def run(ctx: Any, args: argparse.Namespace) -> int:
     from segspark import synth
     from segspark.commands.generate import store
     from segspark.commands.report import k_metrics_from_tracking, write_report
+    from segspark.privacy import require_key
     from segspark.segmentation import run as run_step
 
     if ctx.args.env is None and not os.environ.get("SEGSPARK_ENV"):
         ctx.args.env = "demo"
     progress = Progress()
     domains = args.domain or list(DOMAINS)
+    for domain in domains:  # a missing pseudonymisation key stops the demo before it generates
+        require_key(ctx.settings(domain).privacy)
     lake = None
     summaries = []
     for domain in domains:

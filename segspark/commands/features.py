@@ -28,10 +28,12 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 def run(ctx: Any, args: argparse.Namespace) -> int:
     from segspark.features.step import run_features
+    from segspark.privacy import require_key
 
     if args.as_of > dt.date.today():
         raise UsageError(f"--as-of {args.as_of} is in the future")
     settings = ctx.settings(args.domain)
+    require_key(settings.privacy)  # a missing key stops here, before Spark starts
     result = run_features(
         ctx.spark(args.domain),
         ctx.lake(args.domain),

@@ -112,7 +112,7 @@ def write_report(
         unit = catalog[value_column].unit if value_column in catalog else None
         value_label = f"sum of {value_column}" + (f", {unit}" if unit else "")
     options = ReportOptions(
-        min_segment_size=settings.model.min_segment_size,
+        min_segment_size=settings.privacy.min_segment_size,
         psi_moderate=settings.snapshots.psi_moderate,
         psi_retrain=settings.snapshots.psi_retrain,
         top_features=settings.report.top_features,

@@ -27,9 +27,11 @@ def add_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Any, args: argparse.Namespace) -> int:
+    from segspark.privacy import require_key
     from segspark.segmentation import run as run_step
 
     settings = ctx.settings(args.domain)
+    require_key(settings.privacy)  # a missing key stops here, before Spark starts
     result, moved = run_step(
         ctx.spark(args.domain),
         ctx.lake(args.domain),

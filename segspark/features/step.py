@@ -11,6 +11,11 @@ models for retail, writes the tables and records one MLflow run (``step=features
   and replaced the same way.
 * The MLflow run starts before anything is written, so an unreachable tracking store stops the
   step with nothing written.
+* With ``privacy.pseudonymize`` the ``customer_id`` of the features (and so of every table
+  computed from them) is HMAC-SHA-256(key, id) (:mod:`segspark.privacy`). Features, the
+  customers' attributes and the CLV scores are joined on the source id first and the result is
+  pseudonymised once, so attributes still reach the profiles. The key is loaded before the
+  MLflow run starts: a missing key stops the step with nothing written (exit code 2).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from segspark.errors import InputError, SchemaMismatchError
 from segspark.features import FEATURE_FUNCTIONS, FEATURE_VERSION, feature_names
 from segspark.features.retail import retail_features
 from segspark.lake import Lake
+from segspark.privacy import pseudonymize, require_key
 from segspark.schemas import EVENT_TABLES
 from segspark.tracking import step_run
 
@@ -55,10 +61,10 @@ class FeaturesResult:
 
 
 def compute_features(
-    lake: Lake, settings: Settings, *, domain: str, as_of: dt.date
+    lake: Lake, settings: Settings, *, domain: str, as_of: dt.date, key: bytes | None = None
 ) -> tuple[DataFrame, dict[str, float], DataFrame | None]:
     """The features frame for ``as_of`` (with ``feature_version``), the CLV metrics and the
-    ``clv_parameters`` rows (retail only)."""
+    ``clv_parameters`` rows (retail only). With ``key``, ``customer_id`` is pseudonymised."""
     table = EVENT_TABLES[domain]
     if not lake.exists(table):
         raise InputError(
@@ -92,7 +98,7 @@ def compute_features(
                     monthly_discount_rate=clv_models.monthly_rate(
                         cfg.discount_rate, period=cfg.discount_period
                     ),
-                )
+                ).localCheckpoint(eager=True)  # from the cached summary, before it is released
                 metrics = clv_models.clv_metrics(bgnbd, gamma_gamma)
                 parameters = clv_models.clv_parameters(
                     lake.spark, bgnbd, gamma_gamma, domain=domain, as_of=as_of
@@ -101,13 +107,15 @@ def compute_features(
                 events, as_of=as_of, settings=settings.features, customers=customers, clv=scored
             )
         finally:
-            # the fits are done; the lazy scored frame recomputes the summary once, at the write
+            # the fits are done and the scores are checkpointed: the write reads no event again
             summary.unpersist()
     else:
         frame = FEATURE_FUNCTIONS[domain](
             events, as_of=as_of, settings=settings.features, customers=customers
         )
     version = FEATURE_VERSION[domain]
+    if key is not None:
+        frame = pseudonymize(frame, key)
     return frame.withColumn("feature_version", F.lit(version)), metrics, parameters
 
 
@@ -170,12 +178,17 @@ def run_features(
     """
     table = features_table(domain)
     version = FEATURE_VERSION[domain]
-    params: dict[str, Any] = {"feature_version": version, "features_table": table}
+    key = require_key(settings.privacy)
+    params: dict[str, Any] = {
+        "feature_version": version,
+        "features_table": table,
+        "pseudonymized": key is not None,
+    }
     with step_run(
         settings, tracking_uri, domain=domain, step="features", as_of=as_of, params=params
     ) as run:
         frame, clv_metrics, parameters = compute_features(
-            lake, settings, domain=domain, as_of=as_of
+            lake, settings, domain=domain, as_of=as_of, key=key
         )
         evolve = _evolution(lake, table, frame, version)
         written = lake.write(

@@ -7,14 +7,23 @@ These helpers call ``mlflow`` directly on the active run (the ``train`` command 
   ``davies_bouldin``, ``wssse``, ``stability_ari`` (when bootstraps ran);
 * the chosen model, as plain metrics: ``chosen_k`` and ``chosen_<metric>`` (a distinct name:
   a plain ``silhouette`` would join the per-k history, where MLflow shows the value of the
-  largest step, not the chosen one), plus ``jaccard_segment_<segment_id>``;
+  largest step, not the chosen one), plus ``jaccard_segment_<segment_id>`` for each segment
+  with at least ``privacy.min_segment_size`` training rows;
 * params ``model_algorithm``, ``model_k_range``, ``model_features``; tag ``k_rule``;
 * artifacts under ``segmentation/``: ``k_selection.png``, ``k_metrics.csv``, ``k_rule.txt``,
   ``profile_heatmap.png``, ``segment_sizes.png``, ``segment_profiles.csv``,
   ``segment_feature_profiles.csv``.
 
-Plots use matplotlib (installed with MLflow) on the non-interactive Agg backend. Only k-sized
-frames are collected.
+Plots are matplotlib (installed with MLflow) figures drawn outside pyplot, so no backend is
+switched for the process. Only k-sized frames are collected.
+
+Privacy: nothing here holds a customer id or a customer's row. The profile CSVs and plots come
+from the already withheld (and, with ``privacy.epsilon``, noisy) profile frames, so a withheld
+segment appears with its id, its name and ``withheld`` only; per-segment stability
+(``jaccard_segment_<id>``, and ``min_jaccard`` in ``k_metrics.csv``) leaves out segments with
+fewer than ``privacy.min_segment_size`` rows. The logged model (``segspark.segmentation``) holds
+every cluster's centre, small ones included, because scoring needs them: treat the registered
+model like the silver features it was fitted on.
 
 Example:
     >>> with step_run(settings, uri, domain="retail", step="train", as_of="2024-06-30"):
@@ -49,13 +58,12 @@ PER_K_METRICS = (
 )
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    # A Figure of its own, outside pyplot: no global backend switch, so a notebook that trains
+    # keeps its inline plots, and nothing to close.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height))
 
 
 def _loggable(value: float | None) -> bool:
@@ -71,7 +79,6 @@ def plot_k_selection(
         >>> plot_k_selection(result.metrics, Path("k.png"), chosen_k=result.k)
         PosixPath('k.png')
     """
-    plt = _pyplot()
     ks = [m.k for m in metrics]
     panels = [
         ("silhouette", "silhouette (higher is better)"),
@@ -80,7 +87,8 @@ def plot_k_selection(
         ("wssse", "WSSSE (elbow)"),
         ("stability_ari", "bootstrap ARI (higher)"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    fig = _figure(4 * len(panels), 3.4)
+    axes = fig.subplots(1, len(panels))
     for ax, (name, title) in zip(axes, panels, strict=True):
         values = [getattr(m, name) for m in metrics]
         values = [math.nan if v is None else v for v in values]
@@ -96,7 +104,6 @@ def plot_k_selection(
         ax.set_xticks(ks)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -107,12 +114,12 @@ def plot_profile_heatmap(feature_profiles: pd.DataFrame, names: dict[int, str], 
         >>> plot_profile_heatmap(fp.toPandas(), profiles.names, Path("heat.png"))
         PosixPath('heat.png')
     """
-    plt = _pyplot()
     table = feature_profiles.pivot(index="segment_id", columns="feature", values="z_score")
     order = list(dict.fromkeys(feature_profiles["feature"]))
     table = table[order].sort_index().astype(float)
     width = max(6.0, 3.0 + 0.55 * len(order))
-    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.5 * len(table.index)))
+    fig = _figure(width, 1.6 + 0.5 * len(table.index))
+    ax = fig.subplots()
     image = ax.imshow(table.clip(-3, 3).to_numpy(), cmap="RdBu_r", vmin=-3, vmax=3, aspect="auto")
     ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=8)
     labels = [f"{sid} {names.get(int(sid), '')}" for sid in table.index]
@@ -124,7 +131,6 @@ def plot_profile_heatmap(feature_profiles: pd.DataFrame, names: dict[int, str], 
     ax.set_title("segment mean vs population (z-score)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -135,11 +141,11 @@ def plot_sizes(profiles: pd.DataFrame, path: Path) -> Path:
         >>> plot_sizes(profiles.profiles.toPandas(), Path("sizes.png"))
         PosixPath('sizes.png')
     """
-    plt = _pyplot()
     frame = profiles.sort_values("segment_id")
     labels = [f"{s} {n}" for s, n in zip(frame["segment_id"], frame["segment_name"], strict=True)]
     counts = [0 if w else c for c, w in zip(frame["customers"], frame["withheld"], strict=True)]
-    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.45 * len(labels)))
+    fig = _figure(6, 0.6 + 0.45 * len(labels))
+    ax = fig.subplots()
     bars = ax.barh(labels, counts, color="tab:blue")
     for bar, share, withheld in zip(bars, frame["share"], frame["withheld"], strict=True):
         text = "withheld" if withheld else f"{share:.1%}"
@@ -149,15 +155,29 @@ def plot_sizes(profiles: pd.DataFrame, path: Path) -> Path:
     ax.set_title("segment sizes", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
-def log_selection(result: SelectionResult, *, threshold: float | None = None) -> None:
-    """Log per-k metrics (step=k), the chosen values, params, the rule and the k plot.
+def published_jaccard(metrics: KMetrics, min_segment_size: int) -> dict[int, float]:
+    """{cluster: bootstrap Jaccard} of the clusters with at least ``min_segment_size`` rows.
 
     Example:
-        >>> log_selection(result, threshold=settings.model.stability_threshold)
+        >>> published_jaccard(result.chosen, 10)
+        {0: 0.97, 2: 0.91}
+    """
+    return {c: j for c, j in metrics.jaccard.items() if metrics.sizes.get(c, 0) >= min_segment_size}
+
+
+def log_selection(
+    result: SelectionResult, *, threshold: float | None = None, min_segment_size: int
+) -> None:
+    """Log per-k metrics (step=k), the chosen values, params, the rule and the k plot.
+
+    Per-segment stability is logged only for segments with at least ``min_segment_size`` rows.
+
+    Example:
+        >>> log_selection(result, threshold=settings.model.stability_threshold,
+        ...               min_segment_size=settings.privacy.min_segment_size)
     """
     import mlflow
 
@@ -167,7 +187,14 @@ def log_selection(result: SelectionResult, *, threshold: float | None = None) ->
     chosen = result.chosen
     plain = {f"chosen_{n}": getattr(chosen, n) for n in PER_K_METRICS}
     plain["chosen_k"] = float(result.k)
-    plain.update({f"jaccard_segment_{s}": j for s, j in result.segment_jaccard.items()})
+    sizes = result.segment_sizes
+    plain.update(
+        {
+            f"jaccard_segment_{s}": j
+            for s, j in result.segment_jaccard.items()
+            if sizes.get(s, 0) >= min_segment_size
+        }
+    )
     mlflow.log_metrics({n: float(v) for n, v in plain.items() if _loggable(v)})
     ks = [m.k for m in result.metrics]
     mlflow.log_params(
@@ -183,7 +210,13 @@ def log_selection(result: SelectionResult, *, threshold: float | None = None) ->
         plot_k_selection(
             result.metrics, folder / "k_selection.png", chosen_k=result.k, threshold=threshold
         )
-        result.to_pandas().to_csv(folder / "k_metrics.csv", index=False)
+        table = result.to_pandas()
+        if "min_jaccard" in table.columns:
+            table["min_jaccard"] = [
+                min(published_jaccard(m, min_segment_size).values(), default=None)
+                for m in result.metrics
+            ]
+        table.to_csv(folder / "k_metrics.csv", index=False)
         (folder / "k_rule.txt").write_text(result.rule + "\n")
         mlflow.log_artifacts(str(folder), ARTIFACT_DIR)
 
