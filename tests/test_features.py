@@ -33,7 +33,7 @@ from segspark.schemas import CDRS, CUSTOMERS, METER_READINGS, TRANSACTIONS
 
 SETTINGS = FeaturesSettings(
     weekend_days=[6, 7],
-    retail=RetailFeaturesSettings(window_days=None, trend_days=10, rfm_scores=5),
+    retail=RetailFeaturesSettings(window_days=None, trend_days=10, rfm_scores=5, rate_min_days=30),
     telecom=TelecomFeaturesSettings(
         window_days=30, trend_days=7, night_hours=[22, 23, 0, 1, 2, 3, 4, 5]
     ),
@@ -136,6 +136,7 @@ def test_retail_features_by_hand(spark: SparkSession) -> None:
         "monetary_per_day": 150.0 / 4,
         "monetary_per_transaction": 150.0 / 5,
         "tenure_days": 31 - 1,
+        "purchase_rate": 30.0 * 4 / 30,
         "basket_size": (1 + 3 + 4 + 2) / 4,
         "ipi_mean_days": (10 + 4 + 10) / 3,
         "ipi_std_days": ((2**2 + 4**2 + 2**2) / (3 - 1)) ** 0.5,
@@ -163,6 +164,7 @@ def test_retail_features_by_hand(spark: SparkSession) -> None:
         "monetary_per_day": 105.0 / 2,
         "monetary_per_transaction": 105.0 / 2,
         "tenure_days": (29 - 20) + 31,
+        "purchase_rate": 30.0 * 2 / 40,
         "basket_size": 2 / 1,
         "ipi_mean_days": 40.0,
         "ipi_std_days": None,
@@ -190,6 +192,7 @@ def test_retail_features_by_hand(spark: SparkSession) -> None:
         "monetary_per_day": 8.0,
         "monetary_per_transaction": 8.0,
         "tenure_days": 26 + 29 + 31,
+        "purchase_rate": 30.0 * 1 / 86,
         "basket_size": 1.0,
         "ipi_mean_days": None,
         "ipi_std_days": None,
@@ -216,7 +219,11 @@ def test_retail_features_by_hand(spark: SparkSession) -> None:
 def test_retail_window_days_drops_older_purchases(spark: SparkSession) -> None:
     transactions, _ = retail_input(spark)
     settings = SETTINGS.model_copy(
-        update={"retail": RetailFeaturesSettings(window_days=30, trend_days=10, rfm_scores=5)}
+        update={
+            "retail": RetailFeaturesSettings(
+                window_days=30, trend_days=10, rfm_scores=5, rate_min_days=30
+            )
+        }
     )
     actual = retail_features(transactions, as_of=date(2024, 3, 31), settings=settings)
     # Window 03-02..03-31: A keeps 03-11, 03-15, 03-25 (30 + 40 + 50), B keeps 03-31, D drops.
@@ -543,7 +550,10 @@ def test_features_defaults_load_from_base_yaml_and_are_validated() -> None:
     features = load_settings(env="test").features
     assert features.weekend_days == [6, 7]
     assert features.telecom.window_days >= 2 * features.telecom.trend_days
-    with pytest.raises(ConfigError, match=r"^config error: features.telecom: Value error, "):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config error: features.telecom: window_days must be at least 2 x trend_days$",
+    ):
         load_settings(env="test", overrides=["features.telecom.trend_days=60"])
     with pytest.raises(ConfigError, match=r"^config error: features.energy.evening_hours: "):
         load_settings(env="test", overrides=["features.energy.evening_hours=[17, 24]"])

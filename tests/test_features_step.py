@@ -87,7 +87,8 @@ def test_cdnow_raw_file_to_published_parameters(
     assert c4 is not None
     # customer 00004: purchases on 1997-01-01, 1997-01-18 and 1997-08-02 (x = 2 repeat days)
     assert (c4["frequency"], c4["recency_days"], c4["tenure_days"]) == (3, 59, 272)
-    assert c4["feature_version"] == 1
+    assert c4["purchase_rate"] == pytest.approx(30.0 * 3 / 272)
+    assert c4["feature_version"] == 2
     assert 0.0 < c4["p_alive"] < 1.0 and c4["clv"] > 0.0
 
     # recomputing the as_of replaces it: same rows, one more version, no duplicates

@@ -57,11 +57,11 @@ Kind = Literal["numeric", "categorical"]
 KEY_COLUMNS = ("customer_id", "as_of")
 
 #: The schema version of each domain's features table (see the module docstring).
-FEATURE_VERSION: dict[str, int] = {"retail": 1, "telecom": 1, "energy": 1}
+FEATURE_VERSION: dict[str, int] = {"retail": 2, "telecom": 1, "energy": 1}
 
 #: ``schema_fingerprint(domain)`` recorded for each (domain, version).
 SCHEMA_FINGERPRINTS: dict[str, dict[int, str]] = {
-    "retail": {1: "9457d2e067f0"},
+    "retail": {1: "9457d2e067f0", 2: "628c0f1b04c9"},  # 2: purchase_rate
     "telecom": {1: "1ff1e096be60"},
     "energy": {1: "588a97121a38"},
 }
@@ -156,6 +156,14 @@ _RETAIL: list[Feature] = [
         "int",
         "days",
         "Days from the first purchase day in the window to as_of.",
+    ),
+    Feature(
+        "purchase_rate",
+        "retail",
+        "double",
+        "purchase days per 30 days",
+        "30 x frequency / max(tenure_days, rate_min_days): purchase days per 30 days since the "
+        "first one, so customers who joined recently compare with long-standing ones.",
     ),
     Feature(
         "basket_size",

@@ -62,16 +62,7 @@ def retail_features(
     recent_start = F.lit(window_start(as_of, cfg.trend_days))
     earlier_start = F.lit(window_start(as_of, 2 * cfg.trend_days))
 
-    days = (
-        transactions.where(in_window(F.col("event_time"), start, as_of))
-        .groupBy("customer_id", F.to_date("event_time").alias("day"))
-        .agg(
-            F.sum("amount").alias("amount"),
-            F.count(F.lit(1)).alias("transactions"),
-            F.sum("quantity").alias("quantity"),
-            F.count("quantity").alias("quantity_known"),
-        )
-    )
+    days = customer_days(transactions, start=start, as_of=as_of)
     day = F.col("day")
     gap = F.datediff(day, F.lag(day).over(Window.partitionBy("customer_id").orderBy(day)))
     amount = F.col("amount")
@@ -105,11 +96,22 @@ def retail_features(
         (total / F.col("frequency")).alias("monetary_per_day"),
         (total / F.col("transaction_count")).alias("monetary_per_transaction"),
         F.datediff(F.lit(as_of), "first_day").alias("tenure_days"),
+        (
+            F.col("frequency")
+            * 30.0
+            / F.greatest(F.datediff(F.lit(as_of), "first_day"), F.lit(cfg.rate_min_days))
+        ).alias("purchase_rate"),
         F.try_divide(F.col("quantity"), F.col("quantity_known")).alias("basket_size"),
         "ipi_mean_days",
         F.when(F.col("gaps") >= 2, F.col("gap_std")).alias("ipi_std_days"),
         symmetric_change(F.col("recent"), F.col("earlier")).alias("purchase_trend"),
     )
+    # The RFM scores rank every customer against all the others, a second look at these rows:
+    # read from the plan, each of the three rankings would scan and aggregate the events again
+    # (column pruning gives each branch its own plan, so no shuffle is reused). A local
+    # checkpoint keeps the one row per customer in the executors' block stores (memory, then
+    # disk), freed when the frame is no longer referenced.
+    values = values.localCheckpoint(eager=True)
     scored = rfm_scores(values, levels=cfg.rfm_scores)
     if clv is None:
         scored = scored.select("*", *(F.lit(None).cast("double").alias(c) for c in CLV_COLUMNS))
@@ -117,6 +119,30 @@ def retail_features(
         scored = scored.join(clv.select("customer_id", *CLV_COLUMNS), "customer_id", "left")
     out = with_customers(scored, customers, domain="retail", columns=ATTRIBUTES)
     return conform(out.withColumn("as_of", F.lit(as_of)), "retail")
+
+
+def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -> DataFrame:
+    """One row per customer and purchase day in ``start .. as_of`` (``start`` None: all history).
+
+    Columns: ``customer_id``, ``day``, ``amount`` (the day's total), ``transactions``,
+    ``quantity`` (sum of the known quantities) and ``quantity_known`` (how many were known).
+    Every retail feature derives from these rows, so the events are shuffled once.
+
+    Example:
+        >>> customer_days(transactions, start=None, as_of=date(2024, 3, 31)).columns
+        ['customer_id', 'day', 'amount', 'transactions', 'quantity', 'quantity_known']
+    """
+    require_columns(transactions, _COLUMNS, "transactions")
+    return (
+        transactions.where(in_window(F.col("event_time"), start, as_of))
+        .groupBy("customer_id", F.to_date("event_time").alias("day"))
+        .agg(
+            F.sum("amount").alias("amount"),
+            F.count(F.lit(1)).alias("transactions"),
+            F.sum("quantity").alias("quantity"),
+            F.count("quantity").alias("quantity_known"),
+        )
+    )
 
 
 def rfm_scores(frame: DataFrame, *, levels: int) -> DataFrame:
@@ -140,29 +166,95 @@ def rfm_scores(frame: DataFrame, *, levels: int) -> DataFrame:
         ("frequency", "f_score", False),
         ("monetary_total", "m_score", False),
     ):
-        table = _score_table(frame, column, score, levels=levels, descending=descending)
-        # recency and frequency take at most one value per day of history: a small table.
+        # recency and frequency take at most one value per day of history: a small table;
+        # monetary_total takes about one value per customer, ranked in parallel.
         small = column != "monetary_total"
+        table = _score_table(
+            frame, column, score, levels=levels, descending=descending, parallel=not small
+        )
         scored = scored.join(F.broadcast(table) if small else table, on=column, how="left")
     return scored
 
 
 def _score_table(
-    frame: DataFrame, column: str, score: str, *, levels: int, descending: bool
+    frame: DataFrame,
+    column: str,
+    score: str,
+    *,
+    levels: int,
+    descending: bool,
+    parallel: bool = False,
 ) -> DataFrame:
-    # Ranking the distinct values weighted by their counts equals percent_rank over the rows,
-    # while the single-partition window only sees one row per distinct value.
+    # Ranking the distinct values weighted by their counts equals percent_rank over the rows.
     counts = frame.groupBy(column).agg(F.count(F.lit(1)).alias("_n"))
-    order = F.col(column).desc() if descending else F.col(column).asc()
-    ranked = Window.orderBy(order)
-    below = F.coalesce(
-        F.sum("_n").over(ranked.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
-    )
-    everyone = F.sum("_n").over(
-        ranked.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    )
+    if parallel:
+        ranked = _below_by_ranges(counts, column, descending=descending)
+    else:
+        # a single-partition window, which only sees one row per distinct value
+        order = Window.orderBy(F.col(column).desc() if descending else F.col(column).asc())
+        ranked = counts.select(
+            column,
+            F.coalesce(
+                F.sum("_n").over(order.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
+            ).alias("_below"),
+            F.sum("_n")
+            .over(order.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
+            .alias("_everyone"),
+        )
+    below, everyone = F.col("_below"), F.col("_everyone")
     bucket = _floor_div(below * levels, F.greatest(everyone - 1, F.lit(1)))
-    return counts.select(column, F.least(bucket + 1, F.lit(levels)).cast("int").alias(score))
+    return ranked.select(column, F.least(bucket + 1, F.lit(levels)).cast("int").alias(score))
+
+
+# Ranges per unit of log1p(|value|): about 30 ranges over money totals from 0 to 10^6.
+_RANGES_PER_LOG = 2.0
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def _below_by_ranges(counts: DataFrame, column: str, *, descending: bool) -> DataFrame:
+    """``_below`` (rows ranked strictly before) and ``_everyone`` for a double ``column``.
+
+    The values are cut into ranges by a monotone function of the value (log scale, so money
+    amounts spread over many ranges); each range is ranked by its own window task, and the sizes
+    of the ranges before it (one row per range, a tiny single-partition window) give its
+    offset. The result equals one window over all the values, in Spark's order (nulls first
+    ascending, last descending; NaN above every number).
+    """
+    value = F.col(column)
+    magnitude = F.floor(F.log1p(F.abs(value)) * F.lit(_RANGES_PER_LOG))
+    part = (
+        F.when(value.isNull(), F.lit(_LONG_MIN))
+        .when(F.isnan(value), F.lit(_LONG_MAX))
+        .when(value < 0, -magnitude - 1)
+        .otherwise(magnitude)
+    )
+    ranged = counts.withColumn("_range", part)
+    order = value.desc() if descending else value.asc()
+    within = Window.partitionBy("_range").orderBy(order)
+    ranked = ranged.select(
+        column,
+        "_range",
+        F.coalesce(
+            F.sum("_n").over(within.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
+        ).alias("_within"),
+    )
+    ranges = Window.orderBy(F.col("_range").desc() if descending else F.col("_range").asc())
+    offsets = (
+        ranged.groupBy("_range")
+        .agg(F.sum("_n").alias("_size"))
+        .select(
+            "_range",
+            F.coalesce(
+                F.sum("_size").over(ranges.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
+            ).alias("_offset"),
+            F.sum("_size")
+            .over(ranges.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
+            .alias("_everyone"),
+        )
+    )
+    return ranked.join(F.broadcast(offsets), "_range").select(
+        column, (F.col("_offset") + F.col("_within")).alias("_below"), "_everyone"
+    )
 
 
 def _floor_div(numerator: Column, denominator: Column) -> Column:

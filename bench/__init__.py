@@ -1,0 +1,1 @@
+"""segspark's benchmark harness: workloads run against their peers; see bench/README.md."""
