@@ -149,6 +149,11 @@ def _configure_logging(verbose: bool) -> None:
     )
     for noisy in ("py4j", "alembic", "urllib3", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 warns about every retry of an unreachable tracking server; the failure (or the
+    # fallback to the local store) is already reported in one line
+    logging.getLogger("urllib3.connectionpool").setLevel(
+        logging.WARNING if verbose else logging.ERROR
+    )
     from pyspark.logger import PySparkLogger
 
     # PySpark 4 logs every AnalysisException with the whole JVM stack as JSON; the CLI already

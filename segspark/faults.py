@@ -3,7 +3,25 @@
 Set ``SEGSPARK_FAULT=<point>[:action]`` (several separated by commas); ``action`` is ``raise``
 (default: an :class:`InjectedFault` is raised) or ``kill`` (the process sends itself SIGKILL, as
 an external kill would). Points are named ``<module>.<moment>``, e.g. ``lake.before_commit``.
-With the variable unset a point costs one dictionary lookup.
+A point reached for one table (:func:`table_point`) also answers to ``<point>@<table>``, so
+``lake.after_commit@segment_snapshots:kill`` stops a job right after its snapshot commit and at
+no earlier write. With the variable unset a point costs one dictionary lookup.
+
+The points (a ``segspark run`` reaches them in this order; ingest has its own):
+
+* ``lake.before_write`` / ``lake.after_files`` / ``lake.before_commit`` / ``lake.after_commit``:
+  every lake write (delta-rs backend: before Spark writes the staged files, after it wrote them,
+  after they moved into the table before the log commit, after the commit).
+* ``ingest.between_commits``: between the bronze and the quarantine commit of an ingest.
+* ``snapshots.after_registry``: between the segment registry and the snapshot commit.
+* ``segmentation.before_promote``: after the snapshot and profiles of a train, before the
+  model becomes champion.
+* ``segmentation.before_migrate``: after the snapshot and profiles of a run, before the
+  migration tables.
+
+Example:
+    >>> os.environ["SEGSPARK_FAULT"] = "lake.before_commit@segment_snapshots:kill"
+    >>> table_point("lake.before_commit", "segment_profiles")  # not armed here: returns
 """
 
 from __future__ import annotations
@@ -33,3 +51,9 @@ def point(name: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"fault injected at {name}")
+
+
+def table_point(name: str, table: str) -> None:
+    """Trigger the fault armed for ``name`` (any table), then the one for ``name@table``."""
+    point(name)
+    point(f"{name}@{table}")

@@ -489,11 +489,11 @@ class DeltaRsBackend:
         stage = f"{root}/{stage_rel}"
         moved: list[str] = []
         try:
-            faults.point("lake.before_write")
+            faults.table_point("lake.before_write", name)
             df.write.mode("errorifexists").partitionBy(*partition_by).parquet(stage)
-            faults.point("lake.after_files")
+            faults.table_point("lake.after_files", name)
             adds = self._collect_adds(root, stage, partition_by, replace, moved)
-            faults.point("lake.before_commit")
+            faults.table_point("lake.before_commit", name)
             props = CommitProperties(
                 max_commit_retries=self.commit_retries,
                 app_transactions=(
@@ -505,16 +505,17 @@ class DeltaRsBackend:
             )
             arrow_schema = Schema.from_arrow(to_arrow_schema(target))
             version = self._commit(
-                root, existing, adds, mode, partition_by, replace, arrow_schema, props
+                root, existing, adds, mode, partition_by, replace, arrow_schema, props, moved
             )
         except BaseException:
+            # only files no commit references: _commit empties ``moved`` once its commit landed
             for file in moved:
                 with _suppress():
                     os.remove(f"{root}/{file}")
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        faults.point("lake.after_commit")
+        faults.table_point("lake.after_commit", name)
         return WriteResult(name, version, files=len(adds))
 
     def _collect_adds(
@@ -565,7 +566,11 @@ class DeltaRsBackend:
         replace: Mapping[str, PartitionValue] | None,
         schema: Any,
         props: Any,
+        moved: list[str],
     ) -> int:
+        """Commit ``adds``; returns the new version. Once the commit landed ``moved`` is
+        emptied, so a failure after it (reading the version back, an interrupt) never
+        deletes files the table now references."""
         from deltalake import DeltaTable
         from deltalake.exceptions import CommitFailedError, DeltaError
         from deltalake.transaction import create_table_with_add_actions
@@ -576,13 +581,15 @@ class DeltaRsBackend:
                 create_table_with_add_actions(
                     root, schema, adds, mode="error", partition_by=parts, commit_properties=props
                 )
-                return int(DeltaTable(root).version())
             except (DeltaError, CommitFailedError) as exc:
                 if not DeltaTable.is_deltatable(root):
                     raise
                 log.info("table created concurrently (%s); committing into it", exc)
                 existing = DeltaTable(root)
                 self._check_schema_against(existing, schema, root)
+            else:
+                moved.clear()
+                return int(DeltaTable(root).version())
         self._evolve(existing, schema)
         filters = None
         commit_mode = mode
@@ -602,6 +609,7 @@ class DeltaRsBackend:
             raise WriteConflictError(
                 f"commit to {root} lost to a concurrent writer: {exc}".splitlines()[0]
             ) from exc
+        moved.clear()
         existing.update_incremental()
         return int(existing.version())
 
@@ -776,7 +784,7 @@ class SparkDeltaBackend:
             writer = writer.option("txnAppId", app_id).option("txnVersion", app_version)
         if merge_schema:
             writer = writer.option("mergeSchema", "true")
-        faults.point("lake.before_commit")
+        faults.table_point("lake.before_commit", name)
         try:
             writer.save(path)
         except Exception as exc:
@@ -785,7 +793,7 @@ class SparkDeltaBackend:
                     f"commit to {path} lost to a concurrent writer".strip()
                 ) from exc
             raise
-        faults.point("lake.after_commit")
+        faults.table_point("lake.after_commit", name)
         after = self.version(path)
         if before is not None and after == before:
             return WriteResult(name, None, skipped=True)

@@ -30,7 +30,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from segspark import __version__
+from segspark import __version__, faults
 from segspark.config import Settings
 from segspark.drift import retrain_recommended, segment_drift, write_drift
 from segspark.errors import InputError, UsageError
@@ -253,7 +253,11 @@ def train(
             k_max=k_max,
             algorithm=algorithm,  # type: ignore[arg-type]
         )
-        log_selection(result, threshold=cfg.stability_threshold)
+        log_selection(
+            result,
+            threshold=cfg.stability_threshold,
+            min_segment_size=settings.privacy.min_segment_size,
+        )
         mlflow.log_metric("rows", result.rows)
 
         registry = lake.read(REGISTRY_TABLE) if lake.exists(REGISTRY_TABLE) else None
@@ -273,7 +277,9 @@ def train(
         model = with_segment_mapping(result.model, match.mapping)
         scored = model.transform(features).persist()
         try:
-            profile = profile_segments(scored, cfg)
+            profile = profile_segments(
+                scored, cfg, privacy=settings.privacy, release=(domain, as_of)
+            )
             by_cluster = {c: profile.names.get(s, f"Segment {s}") for c, s in match.mapping.items()}
             info = mlflow.spark.log_model(
                 model,
@@ -308,6 +314,7 @@ def train(
             customers = int(result.rows)
         finally:
             scored.unpersist()
+        faults.point("segmentation.before_promote")
         if promote:
             mlflow.MlflowClient().set_registered_model_alias(model_name(domain), CHAMPION, version)
         return SegmentationResult(
@@ -362,7 +369,9 @@ def score(
             _publish(
                 lake,
                 scored,
-                profile_segments(scored, settings.model),
+                profile_segments(
+                    scored, settings.model, privacy=settings.privacy, release=(domain, as_of)
+                ),
                 names,
                 domain=domain,
                 as_of=as_of,
@@ -463,6 +472,7 @@ def run(
         result = train(spark, lake, settings, domain=domain, as_of=as_of, tracking_uri=tracking_uri)
     else:
         result = score(spark, lake, settings, domain=domain, as_of=as_of, tracking_uri=tracking_uri)
+    faults.point("segmentation.before_migrate")
     previous = previous_snapshot_date(lake, domain, as_of)
     moved = None
     if previous is not None:

@@ -7,6 +7,18 @@ a SQLite store inside the lake root (``<lake>/_mlflow/mlflow.db``, artifacts in
 ``as_of``, ``config_hash``, ``git_commit`` and ``segspark_version`` (DESIGN.md, "MLflow
 conventions").
 
+Outages. Calls to an ``http(s)`` server are bounded by ``tracking.timeout_s`` per request and
+``tracking.max_retries`` retries (:func:`configure`). With ``tracking.required: true`` (the
+default) an unreachable store fails the step with one :class:`~segspark.errors.TrackingError`
+line before anything is written. With ``tracking.required: false`` the store is probed once per
+process when a step first uses it; if it cannot be reached, the process records its runs, models
+and champion alias in a local fallback SQLite store inside the lake root
+(``<lake>/_mlflow/fallback/mlflow.db``, artifacts in ``<lake>/_mlflow/fallback/artifacts``) and
+logs one warning line saying so (:func:`effective_uri`). The fallback is never merged back into
+the configured store: open it with ``segspark --tracking-uri sqlite:///<lake>/_mlflow/fallback/
+mlflow.db ui``. A store that fails after the probe still fails the step, and a lake on remote
+storage has no fallback (the step fails as with ``required: true``).
+
 Example:
     >>> settings = load_settings(env="test", overrides=["lake.root=/tmp/lake"])
     >>> uri = resolve_tracking_uri(None, settings)
@@ -41,6 +53,9 @@ log = logging.getLogger(__name__)
 STORE_DIR = "_mlflow"
 """Folder under the lake root holding the default store, its artifacts and its init lock."""
 
+FALLBACK_DIR = "fallback"
+"""Folder under :data:`STORE_DIR` holding the store used while the configured one is down."""
+
 TAG_KEYS = ("step", "domain", "as_of", "config_hash", "git_commit", "segspark_version")
 """Tags every step run carries; callers' extra tags may not reuse these keys."""
 
@@ -49,6 +64,8 @@ _DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})
 
 _ready_lock = threading.Lock()
 _ready_stores: set[str] = set()
+_probe_lock = threading.Lock()
+_effective: dict[tuple[str, str], str] = {}
 
 
 # --- where the store lives -------------------------------------------------------------------
@@ -200,8 +217,10 @@ def configure(settings: Settings, uri: str) -> None:
     ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` are set from ``tracking.timeout_s`` and
     ``tracking.max_retries`` (config wins over values already in the environment), so an
     unreachable server fails after about ``(max_retries + 1) * timeout_s`` plus MLflow's
-    backoff. For SQLite the folder is created and the schema initialised while holding
-    ``<folder>/.init.lock``; later calls in the same process skip that. The process's
+    backoff. With ``tracking.required: false`` an unreachable store is replaced by the lake's
+    fallback store (:func:`effective_uri`). For SQLite the folder is created and the schema
+    initialised while holding ``<folder>/.init.lock``; later calls in the same process skip
+    that. The process's
     ``MLFLOW_TRACKING_URI`` is left as it was.
 
     Example:
@@ -211,12 +230,9 @@ def configure(settings: Settings, uri: str) -> None:
     """
     import mlflow
 
-    scheme = _scheme(uri)
-    if scheme in ("http", "https"):
-        # MLflow parses these as int.
-        timeout = max(1, math.ceil(settings.tracking.timeout_s))
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.tracking.max_retries)
+    uri = effective_uri(settings, uri)
+    if _scheme(uri) in ("http", "https"):
+        _bound_http(settings)
     elif _sqlite_path(uri) is not None:
         _init_sqlite(settings, uri)
     previous = os.environ.get("MLFLOW_TRACKING_URI")
@@ -227,6 +243,78 @@ def configure(settings: Settings, uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def _bound_http(settings: Settings) -> None:
+    # MLflow parses these as int.
+    timeout = max(1, math.ceil(settings.tracking.timeout_s))
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.tracking.max_retries)
+
+
+def fallback_store_uri(settings: Settings) -> str | None:
+    """The store used while the configured one is unreachable and ``tracking.required`` is
+    false: ``sqlite:///<abs lake root>/_mlflow/fallback/mlflow.db`` (None for a remote lake).
+
+    Example:
+        >>> fallback_store_uri(load_settings(overrides=["lake.root=/data/lake"]))
+        'sqlite:////data/lake/_mlflow/fallback/mlflow.db'
+    """
+    root = _local_lake_root(settings)
+    if root is None:
+        return None
+    return f"sqlite:///{root / STORE_DIR / FALLBACK_DIR / 'mlflow.db'}"
+
+
+def _probe(settings: Settings, uri: str) -> None:
+    """One bounded call to the store at ``uri``; raises whatever reaching it raises."""
+    if _sqlite_path(uri) is not None:
+        _init_sqlite(settings, uri)
+        return
+    from mlflow import MlflowClient
+
+    if _scheme(uri) in ("http", "https"):
+        _bound_http(settings)
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def effective_uri(settings: Settings, uri: str) -> str:
+    """The store MLflow records to for ``uri``: ``uri`` itself, or its fallback.
+
+    With ``tracking.required: true`` this is always ``uri`` (an unreachable store then fails
+    the step where it is used). With ``tracking.required: false`` the store is probed once per
+    process (bounded by ``tracking.timeout_s`` and ``tracking.max_retries``); when that fails,
+    one warning line is logged and :func:`fallback_store_uri` is returned, now and for every
+    later call with the same URI and lake in this process.
+
+    Example:
+        >>> settings = load_settings(overrides=["lake.root=/data/lake", "tracking.required=false"])
+        >>> effective_uri(settings, "http://127.0.0.1:9")  # nothing listens there
+        'sqlite:////data/lake/_mlflow/fallback/mlflow.db'
+    """
+    if settings.tracking.required:
+        return uri
+    fallback = fallback_store_uri(settings)
+    if fallback is None or uri == fallback:
+        return uri
+    key = (uri, fallback)
+    with _probe_lock:
+        if key not in _effective:
+            try:
+                _probe(settings, uri)
+            except Exception as exc:
+                reason = _unreachable_reason(exc) or _first_line(exc)
+                log.warning(
+                    "MLflow tracking store %s unavailable (%s); tracking.required is false, so "
+                    "this run records to the local fallback store %s",
+                    redact(uri),
+                    reason,
+                    fallback,
+                )
+                _effective[key] = fallback
+            else:
+                _effective[key] = uri
+        return _effective[key]
 
 
 def _init_sqlite(settings: Settings, uri: str) -> None:
@@ -264,7 +352,11 @@ def _unreachable_reason(exc: BaseException) -> str | None:
         if isinstance(cursor, requests.exceptions.Timeout | TimeoutError):
             return "timed out"
         if isinstance(cursor, requests.exceptions.ConnectionError | ConnectionError):
-            return "connection refused" if "refused" in str(cursor).lower() else "no connection"
+            text = str(cursor).lower()
+            if "refused" in text:
+                return "connection refused"
+            # requests reports retries that ended in read timeouts as a ConnectionError
+            return "timed out" if "timed out" in text else "no connection"
         cursor = cursor.__cause__ or cursor.__context__
     return None
 
@@ -310,6 +402,7 @@ def ensure_experiment(domain: str, settings: Settings, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     name = experiment_name(domain)
+    uri = effective_uri(settings, uri)
     configure(settings, uri)
     client = MlflowClient(tracking_uri=uri)
     try:
@@ -419,7 +512,9 @@ def step_run(
     (``mlflow.log_metric`` ...) logs to this run. A normal exit ends it ``FINISHED``; an
     exception ends it ``FAILED`` (``KILLED`` for Ctrl-C) and propagates unchanged. When a run
     is already active, this one is nested under it. An unreachable or failing store raises
-    :class:`~segspark.errors.TrackingError` naming the URI, before the block runs.
+    :class:`~segspark.errors.TrackingError` naming the URI, before the block runs (with
+    ``tracking.required: false`` an unreachable store is replaced by the fallback store first,
+    see :func:`effective_uri`).
 
     Example:
         >>> with step_run(settings, uri, domain="retail", step="train", as_of="2024-06-30",
@@ -440,6 +535,7 @@ def step_run(
         raise UsageError(f"tags {', '.join(clash)} are set by segspark and cannot be overridden")
     run_name = " ".join(p for p in (step, domain, base_tags["as_of"]) if p)
 
+    uri = effective_uri(settings, uri)
     experiment_id = ensure_experiment(domain, settings, uri)
     try:
         active = mlflow.start_run(

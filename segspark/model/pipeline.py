@@ -25,6 +25,12 @@ Determinism: :func:`prepare_input` hash-partitions rows by customer id into exac
 k-means||, whose sampling is seeded per partition) is the same whatever the input partitioning
 or the master; every fit is seeded with ``model.seed``.
 
+Speed: the standardized vectors are cached once (:func:`fit_vectors`); each fit reads that cache
+once and MLlib keeps its own deserialized copy for the iterations (:func:`training_frame`);
+k-means uses MLlib's row solver (:data:`KMEANS_SOLVER`); :func:`fit_clusterers` fits several k
+at once from driver threads, which fills the cores a single fit leaves idle between its many
+small jobs. None of this changes a fitted model.
+
 Example:
     >>> settings = load_settings(domain="retail").model
     >>> model = fit_pipeline(features_df, settings.features, k=4, settings=settings)
@@ -34,9 +40,11 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeAlias, TypeVar
 
+from pyspark import StorageLevel
 from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import (
     BisectingKMeans,
@@ -47,8 +55,10 @@ from pyspark.ml.clustering import (
     KMeansModel,
 )
 from pyspark.ml.feature import PCA, Imputer, SQLTransformer, StandardScaler, VectorAssembler
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
+from pyspark.util import inheritable_thread_target
 
 from segspark.config import ModelSettings
 from segspark.errors import InputError, UsageError
@@ -66,7 +76,17 @@ PROBABILITY_COL = f"{PREFIX}probability"
 CLUSTER_COL = f"{PREFIX}cluster"
 SEGMENT_COL = "segment_id"
 
+KMEANS_SOLVER = "row"
+"""MLlib k-means solver. ``auto`` (MLlib's default) spends a pass over the data per fit on a
+density check and then picks ``block`` for dense vectors, whose k-means|| initialisation re-reads
+(and re-deserializes) the input DataFrame on each of its passes; ``row`` runs initialisation and
+Lloyd's iterations on one cached copy and prunes distances with the triangle inequality, which
+is faster for the few features and clusters of a segmentation (measured in ``bench/w2_ksweep``).
+"""
+
 _WHEN = re.compile(r"WHEN (-?\d+) THEN (-?\d+)")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def _quote(name: str) -> str:
@@ -223,6 +243,7 @@ def build_clusterer(
             featuresCol=features_col,
             predictionCol=CLUSTER_COL,
             seed=seed,
+            solver=KMEANS_SOLVER,
         )
     if algorithm == "bisecting":
         return BisectingKMeans(
@@ -266,13 +287,85 @@ def fit_clusterer(
         >>> fit_clusterer(vectors, "kmeans", 4, settings).summary.k
         4
     """
+    frame = training_frame(df, vector_col(settings))
     best: ClusterModel | None = None
     for restart in range(settings.restarts):
-        model = build_clusterer(algorithm, k, settings, seed=settings.seed + restart).fit(df)
+        model = build_clusterer(algorithm, k, settings, seed=settings.seed + restart).fit(frame)
         if best is None or _fit_score(model) < _fit_score(best):
             best = model
     assert best is not None
     return best
+
+
+def training_frame(df: DataFrame, features_col: str) -> DataFrame:
+    """``df``'s vector column alone, as a frame MLlib's clusterers will cache for themselves.
+
+    KMeans (row solver), BisectingKMeans and GaussianMixture persist a deserialized copy of
+    their training vectors for the iterations only when the frame they are given is not
+    cached (``dataset.storageLevel`` is NONE); handed the cached ``vectors`` themselves, every
+    one of their passes re-reads the columnar cache and rebuilds each vector. The aliased
+    projection is not itself a cached plan, but reads the cache of ``df`` (once per fit). The
+    rows and their order are those of ``df``, so a fit is the same either way.
+
+    Example:
+        >>> training_frame(vectors, "_seg_scaled").columns
+        ['_seg_scaled']
+    """
+    view = df.select(F.col(features_col).alias(features_col))
+    return view if view.storageLevel == StorageLevel.NONE else df
+
+
+def parallel_map(
+    spark: SparkSession, func: Callable[[_T], _R], items: Iterable[_T], parallelism: int
+) -> list[_R]:
+    """``[func(x) for x in items]``, run from up to ``parallelism`` driver threads.
+
+    Each thread submits its own Spark jobs (with the caller's local properties and tags, e.g.
+    a job group or scheduler pool); results come back in the order of ``items``. The first
+    failure is raised once running calls are done; calls not yet started are cancelled.
+
+    Example:
+        >>> fit = lambda k: fit_clusterer(vectors, "kmeans", k, settings)
+        >>> parallel_map(spark, fit, [2, 3], 2)
+        [KMeansModel..., KMeansModel...]
+    """
+    todo = list(items)
+    if parallelism < 1:
+        raise UsageError(f"parallelism must be at least 1, got {parallelism}")
+    if parallelism == 1 or len(todo) <= 1:
+        return [func(x) for x in todo]
+    target = inheritable_thread_target(spark)(func)
+    pool = ThreadPoolExecutor(max_workers=min(parallelism, len(todo)))
+    try:
+        futures = [pool.submit(target, x) for x in todo]
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def fit_clusterers(
+    df: DataFrame,
+    algorithm: Algorithm,
+    ks: Sequence[int],
+    settings: ModelSettings,
+    *,
+    parallelism: int = 1,
+) -> dict[int, ClusterModel]:
+    """:func:`fit_clusterer` for every k in ``ks``, up to ``parallelism`` at a time.
+
+    Every fit is seeded and reads the same cached rows, so the models do not depend on
+    ``parallelism``; larger k (the slower fits) are started first.
+
+    Example:
+        >>> models = fit_clusterers(vectors, "kmeans", range(2, 11), settings, parallelism=2)
+        >>> {k: m.summary.trainingCost for k, m in models.items()}
+    """
+    order = sorted(set(ks), reverse=True)
+    fitted = parallel_map(
+        df.sparkSession, lambda k: fit_clusterer(df, algorithm, k, settings), order, parallelism
+    )
+    by_k = dict(zip(order, fitted, strict=True))
+    return {k: by_k[k] for k in sorted(by_k)}
 
 
 def cluster_count(model: ClusterModel) -> int:

@@ -14,6 +14,11 @@ full-data fit: for every cluster the best Jaccard coefficient with a bootstrap c
 over the fits, is Hennig's (2007, "Cluster-wise assessment of cluster stability") clusterwise
 Jaccard recovery (below 0.5: the cluster dissolves; above 0.75: stable).
 
+Cost: the fits dominate (per k, ``model.restarts`` starts on the full data and on each of the
+2B resamples). Ks are evaluated concurrently from ``parallelism`` driver threads (each k's fits
+and metrics are seeded, so the table does not depend on it), and the B bootstrap pairs of a k
+are labelled and counted in one pass over the data rather than one pass per pair.
+
 Choice rule (:func:`choose_k`; the text is returned with the result): among the k whose fit has
 no empty cluster and whose mean bootstrap ARI is at least ``model.stability_threshold``, the k
 with the highest silhouette; if no k is that stable, the k with the highest mean ARI; ties go
@@ -37,10 +42,13 @@ from typing import TYPE_CHECKING, Any
 from pyspark.ml import PipelineModel
 from pyspark.ml.clustering import GaussianMixtureModel
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from segspark.config import ModelSettings
 from segspark.errors import InputError, UsageError
 from segspark.model.metrics import (
+    MAX_CONTINGENCY_CELLS,
+    Table,
     ari_from_contingency,
     calinski_harabasz,
     cluster_stats,
@@ -61,6 +69,7 @@ from segspark.model.pipeline import (
     cluster_count,
     fit_clusterer,
     fit_vectors,
+    parallel_map,
     resolve_mapping,
     vector_col,
 )
@@ -72,6 +81,11 @@ log = logging.getLogger(__name__)
 
 _BOOT_A = f"{PREFIX}boot_a"
 _BOOT_B = f"{PREFIX}boot_b"
+_PAIR = f"{PREFIX}pair"
+
+DEFAULT_PARALLELISM = 2
+"""Ks evaluated at once by :func:`select_model`: one fit is a chain of small jobs with the
+driver in between, which leaves cores idle that a second k's jobs use (``bench/w2_ksweep``)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,44 @@ def _predict(model: ClusterModel, df: DataFrame, column: str) -> DataFrame:
     return model.transform(df).select(*df.columns, column)
 
 
+def _pair_tables(
+    labeled: DataFrame, pairs: Sequence[tuple[ClusterModel, ClusterModel]], k: int
+) -> list[Table]:
+    """The (full fit, fit A, fit B) contingency table of each bootstrap pair, in order.
+
+    All pairs are labelled and counted in one pass over ``labeled`` (a pair index column
+    tells the tables apart), in chunks small enough for :data:`MAX_CONTINGENCY_CELLS`.
+    """
+    per_pair = max(2, k) ** 3
+    chunk = max(1, MAX_CONTINGENCY_CELLS // per_pair)
+    tables: list[Table] = []
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        frame = labeled
+        cells = []
+        for i, (fit_a, fit_b) in enumerate(part):
+            frame = _predict(fit_b, _predict(fit_a, frame, f"{_BOOT_A}{i}"), f"{_BOOT_B}{i}")
+            cells.append(
+                F.struct(
+                    F.lit(i).alias("pair"),
+                    F.col(f"{_BOOT_A}{i}").alias("a"),
+                    F.col(f"{_BOOT_B}{i}").alias("b"),
+                )
+            )
+        exploded = frame.select(CLUSTER_COL, F.explode(F.array(*cells)).alias("p")).select(
+            CLUSTER_COL,
+            F.col("p.pair").alias(_PAIR),
+            F.col("p.a").alias(_BOOT_A),
+            F.col("p.b").alias(_BOOT_B),
+        )
+        table = contingency(exploded, _PAIR, CLUSTER_COL, _BOOT_A, _BOOT_B)
+        split: list[Table] = [{} for _ in part]
+        for (pair, *labels), n in table.items():
+            split[pair][tuple(labels)] = n
+        tables.extend(split)
+    return tables
+
+
 def _stability(
     vectors: DataFrame,
     labeled: DataFrame,
@@ -204,22 +256,26 @@ def _stability(
     k: int,
     settings: ModelSettings,
     resamples: int,
+    parallelism: int = 1,
 ) -> tuple[float | None, float | None, dict[int, float]]:
     """Mean and sd of the bootstrap-pair ARI, and each cluster's mean Jaccard recovery."""
     if resamples == 0:
         return None, None, {}
+
+    def fit(draw: tuple[int, int]) -> ClusterModel:
+        b, j = draw
+        # Seeds depend on (b, j) only: the same resamples for every k.
+        sample = vectors.sample(
+            withReplacement=True, fraction=1.0, seed=settings.seed + 1000 * (b + 1) + j
+        )
+        return fit_clusterer(sample, algorithm, k, settings)
+
+    draws = [(b, j) for b in range(resamples) for j in (0, 1)]
+    fits = parallel_map(vectors.sparkSession, fit, draws, parallelism)
+    pairs = [(fits[2 * b], fits[2 * b + 1]) for b in range(resamples)]
     aris: list[float] = []
     jaccards: dict[int, list[float]] = {}
-    for b in range(resamples):
-        fits = []
-        for j in (0, 1):
-            # Seeds depend on (b, j) only: the same resamples for every k.
-            sample = vectors.sample(
-                withReplacement=True, fraction=1.0, seed=settings.seed + 1000 * (b + 1) + j
-            )
-            fits.append(fit_clusterer(sample, algorithm, k, settings))
-        both = _predict(fits[1], _predict(fits[0], labeled, _BOOT_A), _BOOT_B)
-        table = contingency(both, CLUSTER_COL, _BOOT_A, _BOOT_B)
+    for table in _pair_tables(labeled, pairs, k):
         aris.append(ari_from_contingency(marginal(table, (1, 2))))
         for axis in (1, 2):
             for c, value in jaccard_recovery(marginal(table, (0, axis))).items():
@@ -238,8 +294,11 @@ def evaluate_k(
     settings: ModelSettings,
     rows: int,
     resamples: int,
+    parallelism: int = 1,
 ) -> KMetrics:
     """All metrics of one full-data fit on the cached ``vectors``.
+
+    ``parallelism`` driver threads fit the bootstrap resamples.
 
     Example:
         >>> evaluate_k(vectors, fitted, algorithm="kmeans", k=4, settings=s, rows=300,
@@ -258,7 +317,13 @@ def evaluate_k(
         rows=rows,
     )
     ari, ari_sd, jaccard = _stability(
-        vectors, labeled, algorithm=algorithm, k=k, settings=settings, resamples=resamples
+        vectors,
+        labeled,
+        algorithm=algorithm,
+        k=k,
+        settings=settings,
+        resamples=resamples,
+        parallelism=parallelism,
     )
     return KMetrics(
         k=k,
@@ -287,12 +352,15 @@ def select_model(
     algorithm: Algorithm | None = None,
     mapping: Mapping[int, int] | None = None,
     id_col: str = "customer_id",
+    parallelism: int = DEFAULT_PARALLELISM,
 ) -> SelectionResult:
     """Fit preprocessing once, sweep k, choose one by the rule, return the complete model.
 
     Arguments left as None come from ``settings`` (``features``, ``k``/``k_min``/``k_max``,
     ``algorithm``, ``segment_mapping``); an explicit ``k`` overrides the range. The returned
-    :class:`PipelineModel` scores raw feature rows straight to ``segment_id``.
+    :class:`PipelineModel` scores raw feature rows straight to ``segment_id``. ``parallelism``
+    is how many ks are evaluated at once from driver threads (with a single k, how many
+    bootstrap fits); the result does not depend on it.
 
     Example:
         >>> result = select_model(df, ["recency_days", "frequency"], settings=s, k_max=6)
@@ -311,6 +379,8 @@ def select_model(
         ks = list(range(low, high + 1))
     if ks[0] < 2:
         raise UsageError(f"k must be at least 2, got {ks[0]}")
+    if parallelism < 1:
+        raise UsageError(f"parallelism must be at least 1, got {parallelism}")
     wanted = settings.segment_mapping if mapping is None else mapping
     if wanted and len(ks) > 1:
         raise UsageError("a segment mapping needs a fixed k (set k, or map after training)")
@@ -321,22 +391,32 @@ def select_model(
         rows = vectors.count()
         if rows <= max(ks):
             raise InputError(f"{rows} rows cannot be split into {max(ks)} clusters (need more)")
-        fitted: dict[int, ClusterModel] = {}
-        metrics: list[KMetrics] = []
-        for k_ in ks:
-            fitted[k_] = fit_clusterer(vectors, algorithm, k_, settings)
+        outer = parallelism if len(ks) > 1 else 1
+
+        def sweep(k_: int) -> tuple[ClusterModel, KMetrics]:
+            model = fit_clusterer(vectors, algorithm, k_, settings)
             row = evaluate_k(
                 vectors,
-                fitted[k_],
+                model,
                 algorithm=algorithm,
                 k=k_,
                 settings=settings,
                 rows=rows,
                 resamples=settings.bootstrap_resamples,
+                parallelism=parallelism if outer == 1 else 1,
             )
+            return model, row
+
+        # the larger k (slower fits) first, so the threads finish together
+        order = sorted(ks, reverse=True)
+        sweeps = parallel_map(vectors.sparkSession, sweep, order, outer)
+        done = dict(zip(order, sweeps, strict=True))
+        fitted = {k_: done[k_][0] for k_ in ks}
+        metrics = [done[k_][1] for k_ in ks]
+        for row in metrics:
             log.info(
                 "k=%d silhouette=%.4f (se %.4f) ch=%.1f db=%.4f wssse=%.1f stability=%s",
-                k_,
+                row.k,
                 row.silhouette,
                 row.silhouette_se,
                 row.calinski_harabasz,
@@ -344,7 +424,6 @@ def select_model(
                 row.wssse,
                 "n/a" if row.stability_ari is None else f"{row.stability_ari:.3f}",
             )
-            metrics.append(row)
     finally:
         vectors.unpersist()
     chosen, rule = choose_k(

@@ -1,0 +1,1 @@
+"""Fault and load tests: crashes, concurrency, idempotency, outages, bad input, full disks."""
