@@ -2,8 +2,9 @@
 previous version, readable, and no file of the failed write is left behind.
 
 The lake lives on a small tmpfs (we are root in CI and in the sandbox). Where mounting is not
-permitted the test runs ``segspark`` in a child process whose file size limit (RLIMIT_FSIZE)
-stops the same write; it skips only when neither is possible.
+permitted the failing step runs in a child process whose file size limit (RLIMIT_FSIZE) applies
+to every file it writes, so Spark's own temporary files may be the first to hit it; the test
+skips only when neither is possible.
 """
 
 from __future__ import annotations
