@@ -282,6 +282,7 @@ class ModelSettings(_Strict):
     """Preprocessing, clustering, k selection and profiles (``segspark.model``)."""
 
     features: list[str]
+    profile_features: list[str]
     algorithm: Literal["kmeans", "bisecting", "gmm"]
     k: int | None = Field(ge=2)
     k_min: int = Field(ge=2)
@@ -310,6 +311,11 @@ class ModelSettings(_Strict):
         if len(set(self.segment_mapping.values())) != len(self.segment_mapping):
             raise ValueError("segment_mapping must map each cluster to a different segment_id")
         return self
+
+    @property
+    def profiled(self) -> list[str]:
+        """The features profiled and named from: ``features`` then ``profile_features``."""
+        return list(dict.fromkeys([*self.features, *self.profile_features]))
 
 
 class PrivacySettings(_Strict):
@@ -387,7 +393,7 @@ class Settings(_Strict):
     def _clip_covers_published_features(self) -> Settings:
         if self.privacy.epsilon is None:
             return self
-        needed = [*self.model.features]
+        needed = [*self.model.profiled]
         if self.model.value_column and self.model.value_column not in needed:
             needed.append(self.model.value_column)
         missing = [name for name in needed if name not in self.privacy.clip]

@@ -73,6 +73,7 @@ def settings() -> ModelSettings:
             f"model.features=[{', '.join(FEATURES)}]",
             "model.log1p=[monetary_total]",
             "model.value_column=monetary_total",
+            "model.profile_features=[]",
         ],
     ).model
 
@@ -518,6 +519,30 @@ def test_feature_profile_means_and_z_scores_match_numpy(scored: DataFrame) -> No
             mean = np.nanmean(values[seg == s])
             assert got[(s, f)][0] == pytest.approx(mean, rel=1e-12)
             assert got[(s, f)][1] == pytest.approx((mean - pop_mean) / pop_sd, rel=1e-9)
+
+
+def test_profile_features_are_profiled_after_the_model_features(
+    scored: DataFrame, settings: ModelSettings, privacy: PrivacySettings
+) -> None:
+    # a descriptive column that is not clustered: profiled and named from, after the model's
+    extra = settings.model_copy(update={"profile_features": ["visits", "frequency"]})
+    assert extra.profiled == [*FEATURES, "visits"]
+    frame = scored.withColumn("visits", F.col("frequency") * 2 + 1)
+    result = profile_segments(frame, extra, privacy=privacy)
+    fp = {(r["segment_id"], r["feature"]): r for r in result.feature_profiles.collect()}
+    assert len(fp) == 4 * 4
+    plain = {(r["segment_id"], r["feature"]): r for r in profile_segments(
+        scored, settings, privacy=privacy).feature_profiles.collect()}  # fmt: skip
+    for s in range(4):
+        # a linear function of frequency: mean 2m + 1, the same z-score
+        assert fp[(s, "visits")]["mean"] == pytest.approx(
+            2 * plain[(s, "frequency")]["mean"] + 1, rel=1e-12
+        )
+        assert fp[(s, "visits")]["z_score"] == pytest.approx(
+            plain[(s, "frequency")]["z_score"], rel=1e-9
+        )
+    with pytest.raises(InputError, match="profiled features not in the features table: visits"):
+        profile_segments(scored, extra, privacy=privacy)
 
 
 def test_small_segments_are_withheld_with_their_complement(

@@ -276,8 +276,7 @@ def test_the_migration_matrix_recovers_the_planted_transitions(
 def test_automatic_k_finds_the_planted_energy_segments(spark: SparkSession, tmp_path: Path) -> None:
     """A one-month window sees the load shape each meter is planted with at the month end.
 
-    Telecom's recovery is asserted by the migration test above (600 customers); retail does not
-    recover its planted segments yet (the model issue stays open for it).
+    Telecom's recovery is asserted by the migration test above (600 customers), retail's below.
     """
     domain = "energy"
     window = ("features.energy.window_days=28",)
@@ -303,3 +302,54 @@ def test_automatic_k_finds_the_planted_energy_segments(spark: SparkSession, tmp_
             table[key] = table.get(key, 0) + 1
     assert len({segment for segment, _ in table}) == len(planted) == 5
     assert ari_from_contingency(table) >= 0.9
+
+
+def test_automatic_k_finds_the_planted_retail_segments(spark: SparkSession, tmp_path: Path) -> None:
+    """A year of purchases without migration; k swept over 2..7, so splitting a segment shows.
+
+    Rate and spend per visit separate the five planted segments (conf/retail.yaml); customers
+    who lapsed before the year end have no planted segment then and are left out of the ARI.
+    """
+    from segspark.config import load_settings
+    from segspark.model.metrics import ari_from_contingency
+    from segspark.synth import segment_names
+
+    as_of = "2024-06-30"
+    settings = (
+        "synth.start=2023-07-01",
+        f"synth.end={as_of}",
+        "synth.migration_share=0",
+        "model.k_max=7",
+    )
+    opts = [arg for value in settings for arg in ("--set", value)]
+    _ok(tmp_path, *opts, "generate", "--domain", "retail", "--customers", "600")
+    _ok(tmp_path, *opts, "run", "--domain", "retail", "--as-of", as_of)
+    lake = Lake(spark, str(tmp_path), backend="delta-rs")
+    planted = segment_names(load_settings(env="test").synth, "retail")
+    truth = {
+        r.customer_id: r.true_segment
+        for r in lake.read("synthetic_truth")
+        .where(F.col("as_of") == F.lit(as_of).cast("date"))
+        .collect()
+    }
+    snapshot = lake.read("segment_snapshots").collect()
+    table: dict[tuple[int, ...], int] = {}
+    for r in snapshot:
+        if r.customer_id in truth:
+            key = (r.segment_id, planted.index(truth[r.customer_id]))
+            table[key] = table.get(key, 0) + 1
+    assert len({r.segment_id for r in snapshot}) == len(planted) == 5
+    assert sum(table.values()) >= 400  # most of the 600 are active at the year end
+    assert ari_from_contingency(table) >= 0.9
+    # profiled beyond the two clustered features: every segment has all seven z-scores
+    profiles = lake.read("segment_feature_profiles").collect()
+    assert sorted({r.feature for r in profiles}) == [
+        "basket_size",
+        "frequency",
+        "monetary_per_transaction",
+        "monetary_total",
+        "purchase_rate",
+        "recency_days",
+        "tenure_days",
+    ]
+    assert len(profiles) == 5 * 7

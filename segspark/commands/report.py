@@ -100,7 +100,7 @@ def write_report(
         domain=domain,
         as_of=as_of,
         max_periods=settings.report.max_periods,
-        feature_order=settings.model.features,
+        feature_order=settings.model.profiled,
         k_metrics=k_rows or [],
         chosen_k=chosen_k,
     )

@@ -561,7 +561,8 @@ def profile_segments(
 ) -> SegmentProfiles:
     """Feature profiles, names and segment profiles of a scored frame, from one Spark pass.
 
-    ``features`` defaults to ``settings.features`` and ``value_col`` to
+    ``features`` defaults to ``settings.profiled`` (the model's features, then
+    ``model.profile_features``) and ``value_col`` to
     ``settings.value_column``. ``privacy`` gives ``min_segment_size`` and, when ``epsilon`` is
     set, the noise (module docstring); ``release`` (e.g. ``(domain, as_of)``) keys the noise so
     that each release draws its own. Both frames are small (k and k x features rows), built on
@@ -573,9 +574,12 @@ def profile_segments(
         >>> sorted(result.names.values())
         ['High-Value Loyal', 'Lapsing', 'Occasional Low-Value']
     """
-    features = list(settings.features if features is None else features)
+    features = list(settings.profiled if features is None else features)
     if not features:
         raise UsageError("no features to profile")
+    missing = [f for f in features if f not in scored.columns]
+    if missing:
+        raise InputError(f"profiled features not in the features table: {', '.join(missing)}")
     value_col = settings.value_column if value_col is None else value_col
     dp = privacy.epsilon is not None
     segments, population = segment_statistics(
