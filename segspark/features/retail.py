@@ -126,7 +126,11 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
 
     Columns: ``customer_id``, ``day``, ``amount`` (the day's total), ``transactions``,
     ``quantity`` (sum of the known quantities) and ``quantity_known`` (how many were known).
-    Every retail feature derives from these rows, so the events are shuffled once.
+    Every retail feature derives from these rows, so the events are shuffled once: they are
+    hash-partitioned by ``customer_id`` alone before the per-day aggregation, which that
+    partitioning already satisfies, and so does every later per-customer aggregation (without
+    it the per-day rows would be shuffled a second time, as many rows as the events when
+    customers seldom buy twice a day; 25% faster at 10^7 events, ``bench/w1_features.py``).
 
     Example:
         >>> customer_days(transactions, start=None, as_of=date(2024, 3, 31)).columns
@@ -135,6 +139,7 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
     require_columns(transactions, _COLUMNS, "transactions")
     return (
         transactions.where(in_window(F.col("event_time"), start, as_of))
+        .repartition("customer_id")
         .groupBy("customer_id", F.to_date("event_time").alias("day"))
         .agg(
             F.sum("amount").alias("amount"),
