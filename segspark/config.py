@@ -92,6 +92,7 @@ class ClvSettings(_Strict):
     discount_period: Literal["monthly", "annual"]
     spend_significant_digits: int | None = Field(ge=1, le=15)
     max_distinct_statistics: int = Field(ge=1)
+    fit_sample_customers: int | None = Field(ge=1)
     on_failure: Literal["null", "error"]
     optimizer: ClvOptimizerSettings
 
