@@ -411,6 +411,7 @@ TINY_SETS = [
     "model.features=[recency_days, frequency, monetary_total]",
     "model.log1p=[monetary_total]",
     "model.value_column=monetary_total",
+    "model.profile_features=[]",
     "model.k=4",
     "model.restarts=2",
     "model.bootstrap_resamples=2",
@@ -719,6 +720,7 @@ def test_noisy_profiles_are_reproducible_per_release_and_keep_the_withholding(
         env="test",
         overrides=[
             "model.features=[x]",
+            "model.profile_features=[]",
             "model.value_column=x",
             "privacy.epsilon=1.0",
             "privacy.clip={x: [0, 100]}",
