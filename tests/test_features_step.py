@@ -149,6 +149,15 @@ def test_a_new_feature_version_adds_columns_and_old_rows_read_null(
     assert new.where(F.col("usage_trend").isNotNull()).count() > 0
     assert {r.feature_version for r in new.select("feature_version").distinct().collect()} == {1}
 
+    # The evolved table holds usage_trend after feature_version, a fresh computation before it:
+    # the same version writes again (columns match by name) and the rows are unchanged.
+    before = sorted(tuple(r) for r in new.collect())
+    code, _, err = cli("features", "--domain", "telecom", "--as-of", "2024-03-31")
+    assert code == 0, err
+    again = lake.read("telecom_features").where(F.col("as_of") == F.lit("2024-03-31").cast("date"))
+    assert again.columns == table.columns
+    assert sorted(tuple(r) for r in again.collect()) == before
+
 
 @pytest.mark.slow
 def test_a_schema_change_without_a_new_version_is_refused(

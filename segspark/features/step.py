@@ -119,19 +119,21 @@ def compute_features(
     return frame.withColumn("feature_version", F.lit(version)), metrics, parameters
 
 
-def _evolution(lake: Lake, table: str, frame: DataFrame, version: int) -> bool:
-    """Whether writing ``frame`` must add columns (a newer feature version), else False.
+def _evolution(lake: Lake, table: str, frame: DataFrame, version: int) -> tuple[DataFrame, bool]:
+    """``frame`` in the table's column order, and whether writing it must add columns.
 
-    A schema that differs from the table's under the same (or an older) feature version is a
-    silent mismatch and is refused.
+    Columns match by name and type, whatever their order: a table that gained columns from a
+    newer feature version holds them after the older ones, while a fresh computation has them
+    where the catalog lists them. Added columns under a newer feature version evolve the table;
+    any other difference under the same (or an older) version is a silent mismatch and refused.
     """
     if not lake.exists(table):
-        return False
+        return frame, False
     current = lake.schema(table)
-    if [(f.name, f.dataType) for f in current.fields] == [
-        (f.name, f.dataType) for f in frame.schema.fields
-    ]:
-        return False
+    if {f.name: f.dataType for f in current.fields} == {
+        f.name: f.dataType for f in frame.schema.fields
+    }:
+        return frame.select(*current.fieldNames()), False
     row = lake.read(table).agg(F.max("feature_version")).first()
     stored = int(row[0]) if row is not None and row[0] is not None else 0
     if version <= stored:
@@ -140,7 +142,7 @@ def _evolution(lake: Lake, table: str, frame: DataFrame, version: int) -> bool:
             "computes; bump FEATURE_VERSION in segspark/features/catalog.py"
         )
     log.warning("%s: feature_version %s -> %s adds columns", table, stored, version)
-    return True
+    return frame, True
 
 
 def _summary_metrics(frame: DataFrame, domain: str) -> dict[str, float]:
@@ -190,7 +192,7 @@ def run_features(
         frame, clv_metrics, parameters = compute_features(
             lake, settings, domain=domain, as_of=as_of, key=key
         )
-        evolve = _evolution(lake, table, frame, version)
+        frame, evolve = _evolution(lake, table, frame, version)
         written = lake.write(
             table,
             frame,
