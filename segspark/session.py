@@ -67,6 +67,9 @@ def session_defaults(settings: SparkSettings, *, local: bool) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        # an aggregation over rows already sorted by its keys streams instead of hashing
+        # (segspark.features.retail.customer_days sorts for it)
+        "spark.sql.execution.replaceHashWithSortAgg": "true",
         "spark.sql.shuffle.partitions": str(partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
