@@ -63,7 +63,6 @@ from scipy.special import digamma, gammaln, hyp2f1
 
 from segspark.config import DOMAINS, ClvOptimizerSettings, ClvSettings
 from segspark.errors import InputError, SegsparkError, UsageError
-from segspark.session import sort_aggregation
 
 log = logging.getLogger(__name__)
 
@@ -182,16 +181,11 @@ def clv_summary(transactions: DataFrame, *, calibration_end: date) -> DataFrame:
     _require_columns(transactions, _TRANSACTION_COLUMNS, "transactions")
     end = F.lit(calibration_end)
     day = F.to_date(F.col("event_time"))
-    # one shuffle, by customer: it serves the per-day and the per-customer aggregation, and the
-    # per-day one streams over rows sorted within partitions (as retail customer_days does)
-    events = (
+    daily = (
         transactions.where(day <= end)
-        .select("customer_id", day.alias("day"), "amount")
-        .repartition("customer_id")
+        .groupBy(F.col("customer_id"), day.alias("day"))
+        .agg(F.sum("amount").alias("day_amount"))
     )
-    if sort_aggregation(transactions.sparkSession):
-        events = events.sortWithinPartitions("customer_id", "day")
-    daily = events.groupBy("customer_id", "day").agg(F.sum("amount").alias("day_amount"))
     per_customer = daily.groupBy("customer_id").agg(
         F.min("day").alias("first_purchase"),
         F.max("day").alias("last_purchase"),
