@@ -58,6 +58,16 @@ def delta_jars_present() -> bool:
     return any(glob.glob(str(folder / "delta-spark_2.13-*.jar")) for folder in folders)
 
 
+SORT_AGGREGATION = "spark.sql.execution.replaceHashWithSortAgg"
+"""Spark setting under which an aggregation whose input is sorted by its keys streams through
+the sorted rows (``SortAggregate``) instead of building a hash map; segspark's sessions set it."""
+
+
+def sort_aggregation(spark: SparkSession) -> bool:
+    """Whether ``spark`` streams aggregations over key-sorted input (:data:`SORT_AGGREGATION`)."""
+    return str(spark.conf.get(SORT_AGGREGATION, "false")).lower() == "true"
+
+
 def session_defaults(settings: SparkSettings, *, local: bool) -> dict[str, str]:
     """The settings segspark applies where the user has not set them."""
     master = settings.master
@@ -69,7 +79,7 @@ def session_defaults(settings: SparkSettings, *, local: bool) -> dict[str, str]:
         "spark.sql.adaptive.coalescePartitions.enabled": "true",
         # an aggregation over rows already sorted by its keys streams instead of hashing
         # (segspark.features.retail.customer_days sorts for it)
-        "spark.sql.execution.replaceHashWithSortAgg": "true",
+        SORT_AGGREGATION: "true",
         "spark.sql.shuffle.partitions": str(partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",

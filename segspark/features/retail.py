@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from segspark.config import FeaturesSettings
@@ -25,6 +25,7 @@ from segspark.features._common import (
     with_customers,
 )
 from segspark.features.catalog import conform
+from segspark.session import sort_aggregation
 
 _COLUMNS = ("customer_id", "event_time", "amount", "quantity")
 
@@ -121,12 +122,6 @@ def retail_features(
     return conform(out.withColumn("as_of", F.lit(as_of)), "retail")
 
 
-SORT_AGGREGATION = "spark.sql.execution.replaceHashWithSortAgg"
-"""Spark setting under which an aggregation whose input is sorted by its keys streams through
-the sorted rows (``SortAggregate``) instead of building a hash map; segspark's sessions set it
-(:func:`segspark.session.session_defaults`)."""
-
-
 def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -> DataFrame:
     """One row per customer and purchase day in ``start .. as_of`` (``start`` None: all history).
 
@@ -137,7 +132,8 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
     hash-partitioned by ``customer_id`` alone, which satisfies the per-day aggregation and every
     later per-customer step (keyed on both, the per-day rows would be shuffled again: as many
     rows as events when customers seldom buy twice a day). Within a partition the events are
-    sorted by (customer_id, day) when the session has :data:`SORT_AGGREGATION` on: the per-day
+    sorted by (customer_id, day) when the session streams sorted aggregations
+    (:func:`segspark.session.sort_aggregation`, on in segspark's sessions): the per-day
     aggregation then streams (almost every event is its own customer-day, so a hash map only
     grows, twice: partial and final) and its output arrives in the order the inter-purchase
     window needs. Both together: 10^7 events aggregated in 3.7 s instead of 8.0 s on 2 cores
@@ -153,8 +149,7 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
         .select("customer_id", F.to_date("event_time").alias("day"), "amount", "quantity")
         .repartition("customer_id")
     )
-    conf = transactions.sparkSession.conf.get(SORT_AGGREGATION, "false")
-    if str(conf).lower() == "true":
+    if sort_aggregation(transactions.sparkSession):
         events = events.sortWithinPartitions("customer_id", "day")
     return events.groupBy("customer_id", "day").agg(
         F.sum("amount").alias("amount"),
@@ -213,12 +208,8 @@ def _score_table(
         order = Window.orderBy(F.col(column).desc() if descending else F.col(column).asc())
         ranked = counts.select(
             column,
-            F.coalesce(
-                F.sum("_n").over(order.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
-            ).alias("_below"),
-            F.sum("_n")
-            .over(order.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
-            .alias("_everyone"),
+            _sum_before("_n", order).alias("_below"),
+            _sum_all("_n", order).alias("_everyone"),
         )
     below, everyone = F.col("_below"), F.col("_everyone")
     bucket = _floor_div(below * levels, F.greatest(everyone - 1, F.lit(1)))
@@ -250,29 +241,32 @@ def _below_by_ranges(counts: DataFrame, column: str, *, descending: bool) -> Dat
     ranged = counts.withColumn("_range", part)
     order = value.desc() if descending else value.asc()
     within = Window.partitionBy("_range").orderBy(order)
-    ranked = ranged.select(
-        column,
-        "_range",
-        F.coalesce(
-            F.sum("_n").over(within.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
-        ).alias("_within"),
-    )
+    ranked = ranged.select(column, "_range", _sum_before("_n", within).alias("_within"))
     ranges = Window.orderBy(F.col("_range").desc() if descending else F.col("_range").asc())
     offsets = (
         ranged.groupBy("_range")
         .agg(F.sum("_n").alias("_size"))
         .select(
             "_range",
-            F.coalesce(
-                F.sum("_size").over(ranges.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)
-            ).alias("_offset"),
-            F.sum("_size")
-            .over(ranges.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
-            .alias("_everyone"),
+            _sum_before("_size", ranges).alias("_offset"),
+            _sum_all("_size", ranges).alias("_everyone"),
         )
     )
     return ranked.join(F.broadcast(offsets), "_range").select(
         column, (F.col("_offset") + F.col("_within")).alias("_below"), "_everyone"
+    )
+
+
+def _sum_before(column: str, order: WindowSpec) -> Column:
+    """Sum of ``column`` over the rows ordered strictly before each row (0 for the first)."""
+    preceding = order.rowsBetween(Window.unboundedPreceding, -1)
+    return F.coalesce(F.sum(column).over(preceding), F.lit(0))
+
+
+def _sum_all(column: str, order: WindowSpec) -> Column:
+    """Sum of ``column`` over every row of the window."""
+    return F.sum(column).over(
+        order.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     )
 
 
