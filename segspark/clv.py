@@ -3,11 +3,15 @@
 The retail features step uses this module in four moves:
 
 1. :func:`clv_summary` turns transactions into one row per customer with the statistics of the
-   literature (``x``, ``t_x``, ``T``, ``m_x``), in Spark with built-in functions only.
+   literature (``x``, ``t_x``, ``T``, ``m_x``), in Spark with built-in functions only;
+   :func:`summary_from_purchases` derives the same rows from per-customer purchase aggregates
+   (the retail features step's, so the events are read once).
 2. :func:`fit_bgnbd` and :func:`fit_gamma_gamma` aggregate those rows in Spark to their
    *distinct* sufficient statistics with counts, collect only that (its size is bounded by the
    number of distinct values, not by the number of customers) and maximise a weighted
-   log-likelihood on the driver with :func:`scipy.optimize.minimize`.
+   log-likelihood on the driver with :func:`scipy.optimize.minimize`. The statistics are sorted
+   first (the fit does not depend on how Spark partitioned them), and a fit that stops on a
+   ridge rising to the boundary (a mixing distribution shrinking to a point mass) is refused.
 3. :func:`score_clv` adds per-customer expected purchases, probability alive, expected average
    spend and discounted CLV as Spark columns.
 4. :func:`clv_parameters` and :func:`clv_metrics` express the fitted parameters as rows of the
@@ -74,6 +78,10 @@ WEEKS_PER_MONTH = 365.25 / 12.0 / 7.0
 # Search box for the log-parameters: a parameter reaching e^±30 means the likelihood has no
 # interior maximum for this data, which is reported as non-convergence, not as a fit.
 _LOG_BOUND = 30.0
+# A log-likelihood (in total, nats) less than this above its value ten times further along a
+# degenerate direction: the data cannot tell the fit from the limit (a likelihood ratio of
+# 1.001, where a likelihood-ratio test would want about 2 nats), so the maximum is not interior.
+_RIDGE_NATS = 1e-3
 # Below this mean-per-customer gradient, a fit is at its optimum to floating-point accuracy.
 _GRADIENT_FLOOR = 1e-6
 
@@ -89,6 +97,14 @@ CLV_PARAMETERS_SCHEMA = StructType(
 
 _TRANSACTION_COLUMNS = ("customer_id", "event_time", "amount")
 _SUMMARY_COLUMNS = ("customer_id", "x", "t_x", "T", "m_x")
+_PURCHASE_COLUMNS = (
+    "customer_id",
+    "first_purchase",
+    "last_purchase",
+    "purchase_days",
+    "total_amount",
+    "first_amount",
+)
 
 
 class ClvConvergenceError(SegsparkError):
@@ -179,22 +195,42 @@ def clv_summary(transactions: DataFrame, *, calibration_end: date) -> DataFrame:
             f"calibration_end must be a datetime.date, got {type(calibration_end).__name__}"
         )
     _require_columns(transactions, _TRANSACTION_COLUMNS, "transactions")
-    end = F.lit(calibration_end)
     day = F.to_date(F.col("event_time"))
     daily = (
-        transactions.where(day <= end)
+        transactions.where(day <= F.lit(calibration_end))
         .groupBy(F.col("customer_id"), day.alias("day"))
         .agg(F.sum("amount").alias("day_amount"))
     )
-    per_customer = daily.groupBy("customer_id").agg(
+    purchases = daily.groupBy("customer_id").agg(
         F.min("day").alias("first_purchase"),
         F.max("day").alias("last_purchase"),
         F.count(F.lit(1)).alias("purchase_days"),
         F.sum("day_amount").alias("total_amount"),
         F.min_by("day_amount", "day").alias("first_amount"),
     )
+    return summary_from_purchases(purchases, calibration_end=calibration_end)
+
+
+def summary_from_purchases(purchases: DataFrame, *, calibration_end: date) -> DataFrame:
+    """The :func:`clv_summary` of per-customer purchase aggregates over all days to
+    ``calibration_end``: ``customer_id``, ``first_purchase``, ``last_purchase`` (dates),
+    ``purchase_days``, ``total_amount`` and ``first_amount`` (the first purchase day's total).
+
+    For a caller that already aggregates every customer's purchase days (the retail features
+    do): the summary then costs no second pass over the transactions.
+
+    Example:
+        >>> summary_from_purchases(purchases, calibration_end=date(1997, 9, 30)).columns[:5]
+        ['customer_id', 'x', 't_x', 'T', 'm_x']
+    """
+    if isinstance(calibration_end, datetime) or not isinstance(calibration_end, date):
+        raise UsageError(
+            f"calibration_end must be a datetime.date, got {type(calibration_end).__name__}"
+        )
+    _require_columns(purchases, _PURCHASE_COLUMNS, "purchase aggregates")
+    end = F.lit(calibration_end)
     x = (F.col("purchase_days") - 1).cast("int")
-    return per_customer.select(
+    return purchases.select(
         "customer_id",
         x.alias("x"),
         (F.datediff("last_purchase", "first_purchase") / 7.0).alias("t_x"),
@@ -359,8 +395,19 @@ def _maximise(
     start: FloatArray,
     names: Sequence[str],
     optimizer: ClvOptimizerSettings,
+    limits: Sequence[tuple[str, FloatArray]] = (),
 ) -> _Fit:
-    """Maximise Σ w·ℓ over log-parameters; the objective is scaled to a per-customer mean."""
+    """Maximise Σ w·ℓ over log-parameters; the objective is scaled to a per-customer mean.
+
+    ``limits`` are the model's degenerate directions, as (description, direction in
+    log-parameter space): moving along one sends a pair of parameters to infinity with their
+    ratio fixed (a mixing distribution shrinking to a point mass). On a likelihood whose
+    supremum lies that way, the optimiser stops wherever the ridge is flat enough, at a point
+    that depends on rounding (and so on the order of the rows). A fit is accepted only if the
+    log-likelihood ten times further along each direction is lower by at least
+    :data:`_RIDGE_NATS` in total: otherwise the data cannot tell the fit from the limit, the
+    maximum is not interior and the fit is refused, whatever path the optimiser took.
+    """
     total = float(np.sum(weights))
 
     def objective(theta: FloatArray) -> tuple[float, FloatArray]:
@@ -403,6 +450,13 @@ def _maximise(
             f"{model} fit did not converge: {', '.join(at_bound)} ran off to 0 or infinity "
             "(no interior maximum for this data)"
         )
+    for description, direction in limits:
+        further, _ = objective(theta + math.log(10.0) * direction)
+        if (further - value) * total < _RIDGE_NATS:
+            raise ClvConvergenceError(
+                f"{model} fit did not converge: {description} run off to infinity together "
+                "(no interior maximum for this data)"
+            )
     return _Fit(np.exp(theta), -value * total, iterations)
 
 
@@ -447,6 +501,12 @@ def fit_bgnbd_statistics(
         np.array([1.0, alpha0, 1.0, 1.0]),
         ("r", "alpha", "a", "b"),
         optimizer,
+        limits=(
+            # gamma(r, α) -> a point mass: every customer buys at the same rate
+            ("r and alpha", np.array([1.0, 1.0, 0.0, 0.0])),
+            # beta(a, b) -> a point mass: every customer drops out with the same probability
+            ("a and b", np.array([0.0, 0.0, 1.0, 1.0])),
+        ),
     )
     r, alpha, a, b = (float(value) for value in fit.params)
     params = BgNbdParams(
@@ -498,6 +558,8 @@ def fit_gamma_gamma_statistics(
         np.array([1.0, 2.0, mean_spend]),
         ("p", "q", "v"),
         optimizer,
+        # gamma(q, v) -> a point mass: every customer has the same mean spend
+        limits=(("q and v", np.array([0.0, 1.0, 1.0])),),
     )
     p, q, v = (float(value) for value in fit.params)
     params = GammaGammaParams(
@@ -602,7 +664,14 @@ def _collect_bounded(stats: DataFrame, limit: int, model: str) -> list[tuple[flo
 
 
 def _columns(rows: list[tuple[float, ...]], width: int) -> list[FloatArray]:
+    """The collected statistics as columns, in sorted row order.
+
+    Spark returns the rows in an order that depends on partitioning; the weighted sums of the
+    likelihood, and so the optimiser's path, depend on it in the last bits. Sorted, the same
+    statistics give the same fit however they were computed.
+    """
     table = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    table = table[np.lexsort(table.T[::-1])]
     return [table[:, i] for i in range(width)]
 
 
@@ -841,7 +910,8 @@ def clv_parameters(
         (domain, as_of, model, parameter, float(value))
         for model, parameter, _, value in _parameter_items(bgnbd, gamma_gamma)
     ]
-    return spark.createDataFrame(rows, schema=CLV_PARAMETERS_SCHEMA)
+    # seven rows: one file, not one per default-parallelism slice
+    return spark.createDataFrame(rows, schema=CLV_PARAMETERS_SCHEMA).coalesce(1)
 
 
 def clv_metrics(bgnbd: BgNbdParams, gamma_gamma: GammaGammaParams) -> dict[str, float]:
@@ -876,4 +946,5 @@ __all__ = [
     "gamma_gamma_statistics",
     "monthly_rate",
     "score_clv",
+    "summary_from_purchases",
 ]

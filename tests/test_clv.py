@@ -46,6 +46,7 @@ from segspark.clv import (
     gamma_gamma_statistics,
     monthly_rate,
     score_clv,
+    summary_from_purchases,
 )
 from segspark.config import ClvOptimizerSettings, ClvSettings, load_settings
 from segspark.errors import InputError, UsageError
@@ -303,6 +304,42 @@ def test_fit_that_runs_out_of_iterations_raises_a_convergence_error() -> None:
     assert info.value.exit_code == 1
 
 
+def test_a_fit_on_a_ridge_to_the_boundary_is_refused() -> None:
+    # 300 customers buying at one Poisson rate (0.8 a week) and none dropping out: the gamma
+    # mixing of the rates is a point mass, so the likelihood rises towards r, alpha -> infinity
+    # with r / alpha = 0.8. Unchecked, L-BFGS-B stops on the flat ridge (r ~ 1.5e5, alpha ~
+    # 1.9e5 for this sample) and reports success.
+    rng = np.random.default_rng(7)
+    T = rng.uniform(10, 30, 300).round(1)
+    x = rng.poisson(0.8 * T)
+    t_x = np.where(x > 0, T - rng.exponential(1 / 0.8, 300), 0.0).clip(0, T).round(1)
+    with pytest.raises(
+        ClvConvergenceError,
+        match=r"^BG/NBD fit did not converge: r and alpha run off to infinity together "
+        r"\(no interior maximum for this data\)$",
+    ):
+        fit_bgnbd_statistics(
+            x, np.minimum(t_x, T), T, np.ones(300), optimizer=_settings().optimizer
+        )
+
+
+def test_fits_do_not_depend_on_the_order_spark_returns_the_statistics(
+    spark: SparkSession,
+) -> None:
+    transactions = _read_cdnow(spark, _cdnow_sample())
+    summary = clv_summary(transactions, calibration_end=date(1997, 9, 30)).cache()
+    try:
+        orders = [
+            summary.repartition(1).sortWithinPartitions("customer_id"),
+            summary.repartition(5, "T").sortWithinPartitions(F.col("customer_id").desc()),
+        ]
+        fits = [fit_clv(frame, _settings()) for frame in orders]
+        # the same statistics in another order: bit-for-bit the same parameters
+        assert fits[0] == fits[1]
+    finally:
+        summary.unpersist()
+
+
 # ------------------------------------------------------------------------------------------
 # Scoring against direct evaluations of the formulas
 # ------------------------------------------------------------------------------------------
@@ -435,6 +472,7 @@ def _read_cdnow(spark: SparkSession, path: Path) -> DataFrame:
         parts[0].alias("customer_id"),
         F.to_date(parts[2], "yyyyMMdd").cast("timestamp").alias("event_time"),
         parts[4].cast("double").alias("amount"),
+        parts[3].cast("int").alias("quantity"),
     )
 
 
@@ -475,6 +513,36 @@ def test_cdnow_sample_reproduces_the_published_parameters(spark: SparkSession) -
         assert bounds[0] > 0.0 and bounds[1] == 1.0 and bounds[2] > 0.0 and bounds[3] == 0
     finally:
         summary.unpersist()
+
+
+def test_the_summary_from_the_retail_aggregates_equals_the_summary_from_events(
+    spark: SparkSession,
+) -> None:
+    from segspark.features.retail import customer_aggregates
+
+    transactions = _read_cdnow(spark, _cdnow_sample())
+    as_of = date(1997, 9, 30)
+    aggregates = customer_aggregates(
+        transactions, as_of=as_of, settings=load_settings(domain="retail").features
+    )
+    purchases = aggregates.select(
+        "customer_id",
+        F.col("first_day").alias("first_purchase"),
+        F.col("last_day").alias("last_purchase"),
+        F.col("frequency").alias("purchase_days"),
+        F.col("monetary_total").alias("total_amount"),
+        "first_amount",
+    )
+    derived = summary_from_purchases(purchases, calibration_end=as_of)
+    direct = clv_summary(transactions, calibration_end=as_of)
+    assert derived.schema == direct.schema
+    # sums of the same amounts in another order: m_x equal to rounding
+    rounded = [F.round("m_x", 9).alias("m_x") if c == "m_x" else c for c in direct.columns]
+    assert derived.count() == 2357
+    assert derived.select(rounded).exceptAll(direct.select(rounded)).count() == 0
+    assert direct.select(rounded).exceptAll(derived.select(rounded)).count() == 0
+    with pytest.raises(InputError, match="purchase aggregates lacks column"):
+        summary_from_purchases(aggregates, calibration_end=as_of)
 
 
 def test_fits_on_a_seeded_customer_sample_when_there_are_more(spark: SparkSession) -> None:

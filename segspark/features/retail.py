@@ -56,6 +56,33 @@ def retail_features(
         >>> features.columns[:5]
         ['customer_id', 'as_of', 'recency_days', 'frequency', 'transaction_count']
     """
+    aggregates = customer_aggregates(transactions, as_of=as_of, settings=settings)
+    return features_from_aggregates(
+        aggregates, as_of=as_of, settings=settings, customers=customers, clv=clv
+    )
+
+
+def customer_aggregates(
+    transactions: DataFrame, *, as_of: date, settings: FeaturesSettings
+) -> DataFrame:
+    """One row per customer: the aggregates of the customer-days every retail feature derives from.
+
+    Columns: ``customer_id``, ``first_day``, ``last_day``, ``frequency`` (purchase days),
+    ``first_amount`` (the first purchase day's total), ``transaction_count``,
+    ``monetary_total``, ``quantity``, ``quantity_known``, ``ipi_mean_days``, ``gaps``,
+    ``gap_std``, ``recent`` and ``earlier`` (spend in the two trend windows), over the
+    transactions of ``settings.retail.window_days`` up to ``as_of``.
+
+    The rows are kept by a local checkpoint (the executors' block stores: memory, then disk;
+    freed when the frame is no longer referenced), so the features, their RFM rankings (each
+    a second look at every customer) and, with all history, the CLV summary
+    (:func:`segspark.clv.summary_from_purchases`) read the events once. Read from the plan,
+    every one of them would scan and aggregate the events again (column pruning gives each
+    branch its own plan, so no shuffle is reused).
+
+    Example:
+        >>> customer_aggregates(transactions, as_of=date(2024, 3, 31), settings=settings).count()
+    """
     check_as_of(as_of)
     require_columns(transactions, _COLUMNS, "transactions")
     cfg = settings.retail
@@ -74,6 +101,7 @@ def retail_features(
             F.min(day).alias("first_day"),
             F.max(day).alias("last_day"),
             F.count(F.lit(1)).alias("frequency"),
+            F.min_by(amount, day).alias("first_amount"),
             F.sum("transactions").alias("transaction_count"),
             F.sum(amount).alias("monetary_total"),
             F.sum("quantity").alias("quantity"),
@@ -87,8 +115,27 @@ def retail_features(
             ).alias("earlier"),
         )
     )
+    return per_customer.localCheckpoint(eager=True)
+
+
+def features_from_aggregates(
+    aggregates: DataFrame,
+    *,
+    as_of: date,
+    settings: FeaturesSettings,
+    customers: DataFrame | None = None,
+    clv: DataFrame | None = None,
+) -> DataFrame:
+    """The retail features from :func:`customer_aggregates` (same ``as_of`` and settings).
+
+    Example:
+        >>> aggregates = customer_aggregates(transactions, as_of=as_of, settings=settings)
+        >>> features_from_aggregates(aggregates, as_of=as_of, settings=settings).count()
+    """
+    check_as_of(as_of)
+    cfg = settings.retail
     total = F.col("monetary_total")
-    values = per_customer.select(
+    values = aggregates.select(
         "customer_id",
         F.datediff(F.lit(as_of), "last_day").alias("recency_days"),
         "frequency",
@@ -107,12 +154,6 @@ def retail_features(
         F.when(F.col("gaps") >= 2, F.col("gap_std")).alias("ipi_std_days"),
         symmetric_change(F.col("recent"), F.col("earlier")).alias("purchase_trend"),
     )
-    # The RFM scores rank every customer against all the others, a second look at these rows:
-    # read from the plan, each of the three rankings would scan and aggregate the events again
-    # (column pruning gives each branch its own plan, so no shuffle is reused). A local
-    # checkpoint keeps the one row per customer in the executors' block stores (memory, then
-    # disk), freed when the frame is no longer referenced.
-    values = values.localCheckpoint(eager=True)
     scored = rfm_scores(values, levels=cfg.rfm_scores)
     if clv is None:
         scored = scored.select("*", *(F.lit(None).cast("double").alias(c) for c in CLV_COLUMNS))

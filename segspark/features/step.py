@@ -9,6 +9,8 @@ models for retail, writes the tables and records one MLflow run (``step=features
   schema change under the same version is refused.
 * ``clv_parameters`` (domain, as_of, model, parameter, value) is partitioned by domain and as_of
   and replaced the same way.
+* Retail reads and shuffles the events once: the per-customer aggregates are checkpointed, and
+  the features and (with all history, the default) the CLV summary both derive from them.
 * The MLflow run starts before anything is written, so an unreachable tracking store stops the
   step with nothing written.
 * With ``privacy.pseudonymize`` the ``customer_id`` of the features (and so of every table
@@ -34,7 +36,7 @@ from segspark.clv import ClvConvergenceError
 from segspark.config import Settings
 from segspark.errors import InputError, SchemaMismatchError
 from segspark.features import FEATURE_FUNCTIONS, FEATURE_VERSION, feature_names
-from segspark.features.retail import retail_features
+from segspark.features.retail import customer_aggregates, features_from_aggregates
 from segspark.lake import Lake
 from segspark.privacy import pseudonymize, require_key
 from segspark.schemas import EVENT_TABLES
@@ -75,40 +77,9 @@ def compute_features(
     metrics: dict[str, float] = {}
     parameters: DataFrame | None = None
     if domain == "retail":
-        cfg = settings.clv
-        summary = clv_models.clv_summary(events, calibration_end=as_of).persist()
-        scored: DataFrame | None = None
-        try:
-            try:
-                bgnbd, gamma_gamma = clv_models.fit_clv(summary, cfg)
-            except ClvConvergenceError as exc:
-                if cfg.on_failure == "error":
-                    raise
-                # a short history often has no interior likelihood maximum; the behavioural
-                # features still stand, the CLV columns stay null and the run says why
-                log.warning("retail CLV at %s not estimated: %s", as_of, exc)
-                metrics = {"clv_failed": 1.0}
-            else:
-                scored = clv_models.score_clv(
-                    summary,
-                    bgnbd,
-                    gamma_gamma,
-                    horizon_weeks=cfg.horizon_weeks,
-                    clv_months=cfg.clv_months,
-                    monthly_discount_rate=clv_models.monthly_rate(
-                        cfg.discount_rate, period=cfg.discount_period
-                    ),
-                ).localCheckpoint(eager=True)  # from the cached summary, before it is released
-                metrics = clv_models.clv_metrics(bgnbd, gamma_gamma)
-                parameters = clv_models.clv_parameters(
-                    lake.spark, bgnbd, gamma_gamma, domain=domain, as_of=as_of
-                )
-            frame = retail_features(
-                events, as_of=as_of, settings=settings.features, customers=customers, clv=scored
-            )
-        finally:
-            # the fits are done and the scores are checkpointed: the write reads no event again
-            summary.unpersist()
+        frame, metrics, parameters = _retail(
+            lake, settings, events=events, customers=customers, as_of=as_of
+        )
     else:
         frame = FEATURE_FUNCTIONS[domain](
             events, as_of=as_of, settings=settings.features, customers=customers
@@ -117,6 +88,65 @@ def compute_features(
     if key is not None:
         frame = pseudonymize(frame, key)
     return frame.withColumn("feature_version", F.lit(version)), metrics, parameters
+
+
+def _retail(
+    lake: Lake,
+    settings: Settings,
+    *,
+    events: DataFrame,
+    customers: DataFrame | None,
+    as_of: dt.date,
+) -> tuple[DataFrame, dict[str, float], DataFrame | None]:
+    """Retail features with the CLV columns, the CLV metrics and the ``clv_parameters`` rows.
+
+    The per-customer aggregates are computed once (checkpointed); with all history in the
+    features (``features.retail.window_days: null``, the default) the CLV summary derives from
+    them too, so the events are read and shuffled once for the whole step.
+    """
+    aggregates = customer_aggregates(events, as_of=as_of, settings=settings.features)
+    if settings.features.retail.window_days is None:
+        purchases = aggregates.select(
+            "customer_id",
+            F.col("first_day").alias("first_purchase"),
+            F.col("last_day").alias("last_purchase"),
+            F.col("frequency").alias("purchase_days"),
+            F.col("monetary_total").alias("total_amount"),
+            "first_amount",
+        )
+        summary = clv_models.summary_from_purchases(purchases, calibration_end=as_of)
+    else:
+        summary = clv_models.clv_summary(events, calibration_end=as_of).localCheckpoint(eager=True)
+    cfg = settings.clv
+    try:
+        bgnbd, gamma_gamma = clv_models.fit_clv(summary, cfg)
+    except ClvConvergenceError as exc:
+        if cfg.on_failure == "error":
+            raise
+        # a short history often has no interior likelihood maximum; the behavioural features
+        # still stand, the CLV columns stay null and the run says why
+        log.warning("retail CLV at %s not estimated: %s", as_of, exc)
+        frame = features_from_aggregates(
+            aggregates, as_of=as_of, settings=settings.features, customers=customers
+        )
+        return frame, {"clv_failed": 1.0}, None
+    scored = clv_models.score_clv(
+        summary,
+        bgnbd,
+        gamma_gamma,
+        horizon_weeks=cfg.horizon_weeks,
+        clv_months=cfg.clv_months,
+        monthly_discount_rate=clv_models.monthly_rate(
+            cfg.discount_rate, period=cfg.discount_period
+        ),
+    ).localCheckpoint(eager=True)  # the pandas UDF runs once, whatever reads the scores later
+    frame = features_from_aggregates(
+        aggregates, as_of=as_of, settings=settings.features, customers=customers, clv=scored
+    )
+    parameters = clv_models.clv_parameters(
+        lake.spark, bgnbd, gamma_gamma, domain="retail", as_of=as_of
+    )
+    return frame, clv_models.clv_metrics(bgnbd, gamma_gamma), parameters
 
 
 def _evolution(lake: Lake, table: str, frame: DataFrame, version: int) -> tuple[DataFrame, bool]:
