@@ -34,6 +34,20 @@ def test_shuffle_partitions_default_to_twice_the_cores() -> None:
     assert session_defaults(s, local=False).get("spark.master") is None
 
 
+def test_coalescible_shuffles_are_sized_by_bytes_unless_partitions_are_set() -> None:
+    unset = session_defaults(
+        load_settings(env="local", overrides=["spark.master=local[4]"]).spark, local=True
+    )
+    assert unset["spark.sql.adaptive.coalescePartitions.initialPartitionNum"] == "64"
+    assert unset["spark.sql.adaptive.coalescePartitions.parallelismFirst"] == "false"
+    fixed = session_defaults(
+        load_settings(env="local", overrides=["spark.shuffle_partitions=64"]).spark, local=True
+    )
+    assert fixed["spark.sql.shuffle.partitions"] == "64"
+    assert "spark.sql.adaptive.coalescePartitions.initialPartitionNum" not in fixed
+    assert "spark.sql.adaptive.coalescePartitions.parallelismFirst" not in fixed
+
+
 def test_user_conf_is_applied() -> None:
     s = load_settings(env="test", overrides=["spark.conf={spark.sql.ansi.enabled: 'false'}"]).spark
     assert session_defaults(s, local=True)["spark.sql.ansi.enabled"] == "false"
