@@ -46,8 +46,8 @@ def run(ctx: Any, args: argparse.Namespace) -> int:
         f"{args.domain}_features @ {result.as_of}: {result.rows:,} customers "
         f"(feature_version {result.feature_version}, table version {result.version})"
     )
-    if result.clv.get("clv_failed"):
-        print("clv: the BG/NBD fit has no interior maximum for this history; CLV columns are null")
+    if result.clv_error is not None:
+        print(f"clv: not estimated, {result.clv_error}; CLV columns are null")
     elif result.clv:
         print("clv: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.clv.items())))
     return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow
 from pyspark.sql import DataFrame, SparkSession
@@ -60,11 +60,21 @@ class FeaturesResult:
     feature_version: int
     clv: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    clv_error: str | None = None  # why the CLV columns are null (the fit did not converge)
+
+
+class Computed(NamedTuple):
+    """What :func:`compute_features` returns."""
+
+    frame: DataFrame  # the features, with feature_version
+    metrics: dict[str, float]  # the CLV metrics (retail)
+    parameters: DataFrame | None  # the clv_parameters rows (retail, when the fits converged)
+    clv_error: str | None = None  # why the CLV fits failed, when they did
 
 
 def compute_features(
     lake: Lake, settings: Settings, *, domain: str, as_of: dt.date, key: bytes | None = None
-) -> tuple[DataFrame, dict[str, float], DataFrame | None]:
+) -> Computed:
     """The features frame for ``as_of`` (with ``feature_version``), the CLV metrics and the
     ``clv_parameters`` rows (retail only). With ``key``, ``customer_id`` is pseudonymised."""
     table = EVENT_TABLES[domain]
@@ -74,20 +84,21 @@ def compute_features(
         )
     events = lake.read(table)
     customers = lake.read("customers") if lake.exists("customers") else None
-    metrics: dict[str, float] = {}
-    parameters: DataFrame | None = None
     if domain == "retail":
-        frame, metrics, parameters = _retail(
-            lake, settings, events=events, customers=customers, as_of=as_of
-        )
+        computed = _retail(lake, settings, events=events, customers=customers, as_of=as_of)
     else:
-        frame = FEATURE_FUNCTIONS[domain](
-            events, as_of=as_of, settings=settings.features, customers=customers
+        computed = Computed(
+            FEATURE_FUNCTIONS[domain](
+                events, as_of=as_of, settings=settings.features, customers=customers
+            ),
+            {},
+            None,
         )
-    version = FEATURE_VERSION[domain]
+    frame = computed.frame
     if key is not None:
         frame = pseudonymize(frame, key)
-    return frame.withColumn("feature_version", F.lit(version)), metrics, parameters
+    frame = frame.withColumn("feature_version", F.lit(FEATURE_VERSION[domain]))
+    return computed._replace(frame=frame)
 
 
 def _retail(
@@ -97,7 +108,7 @@ def _retail(
     events: DataFrame,
     customers: DataFrame | None,
     as_of: dt.date,
-) -> tuple[DataFrame, dict[str, float], DataFrame | None]:
+) -> Computed:
     """Retail features with the CLV columns, the CLV metrics and the ``clv_parameters`` rows.
 
     The per-customer aggregates are computed once (checkpointed); with all history in the
@@ -129,7 +140,7 @@ def _retail(
         frame = features_from_aggregates(
             aggregates, as_of=as_of, settings=settings.features, customers=customers
         )
-        return frame, {"clv_failed": 1.0}, None
+        return Computed(frame, {"clv_failed": 1.0}, None, str(exc))
     scored = clv_models.score_clv(
         summary,
         bgnbd,
@@ -146,7 +157,7 @@ def _retail(
     parameters = clv_models.clv_parameters(
         lake.spark, bgnbd, gamma_gamma, domain="retail", as_of=as_of
     )
-    return frame, clv_models.clv_metrics(bgnbd, gamma_gamma), parameters
+    return Computed(frame, clv_models.clv_metrics(bgnbd, gamma_gamma), parameters)
 
 
 def _evolution(lake: Lake, table: str, frame: DataFrame, version: int) -> tuple[DataFrame, bool]:
@@ -219,7 +230,7 @@ def run_features(
     with step_run(
         settings, tracking_uri, domain=domain, step="features", as_of=as_of, params=params
     ) as run:
-        frame, clv_metrics, parameters = compute_features(
+        frame, clv_metrics, parameters, clv_error = compute_features(
             lake, settings, domain=domain, as_of=as_of, key=key
         )
         frame, evolve = _evolution(lake, table, frame, version)
@@ -247,5 +258,5 @@ def run_features(
         if rows == 0:
             log.warning("%s: no customer has events up to %s", table, as_of)
         return FeaturesResult(
-            domain, as_of, rows, written.version, version, clv_metrics, run.info.run_id
+            domain, as_of, rows, written.version, version, clv_metrics, run.info.run_id, clv_error
         )
