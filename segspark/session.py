@@ -107,19 +107,15 @@ def session_defaults(settings: SparkSettings, *, local: bool) -> dict[str, str]:
         )
     if settings.shuffle_partitions is None:
         # Shuffles AQE may resize start from COALESCE_FROM_PER_CORE partitions a core and are
-        # merged to about spark.sql.adaptive.advisoryPartitionSizeInBytes (64 MiB) each, so a
-        # task's share of a shuffle stays the same size whatever the input: at 10^8 events the
-        # customer-days shuffle gets 23 partitions instead of 4, sorts each in memory instead
-        # of spilling, and the driver JVM's peak stays 2.6 GiB instead of filling its 4 GiB
-        # heap (44 s instead of 58 s). parallelismFirst would keep as many partitions as cores,
-        # whatever their size; minPartitionNum keeps at least `partitions` (smaller than 64 MiB
-        # when the shuffle is under partitions x 64 MiB, down to 1 MiB each): at 10^7 events 3
-        # partitions of 64 MiB left one of the two cores idle for the last third of the sort.
+        # merged to partitions of min(64 MiB, shuffle size / default parallelism) each (AQE's
+        # parallelismFirst, on by default; at least 1 MiB): a task's share of a large shuffle
+        # stays the same size whatever the input, and a medium one still spreads over every
+        # core. At 10^8 events the customer-days shuffle gets 23 partitions instead of 4, sorts
+        # each in memory instead of spilling, and the driver JVM's peak stays 2.6 GiB instead
+        # of filling its 4 GiB heap (44 s instead of 58 s).
         conf["spark.sql.adaptive.coalescePartitions.initialPartitionNum"] = str(
             max(COALESCE_FROM_PER_CORE * _cores(master), partitions)
         )
-        conf["spark.sql.adaptive.coalescePartitions.parallelismFirst"] = "false"
-        conf["spark.sql.adaptive.coalescePartitions.minPartitionNum"] = str(partitions)
     if settings.delta_packages or delta_jars_present():
         conf["spark.sql.extensions"] = DELTA_EXTENSION
         conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG

@@ -39,15 +39,11 @@ def test_coalescible_shuffles_are_sized_by_bytes_unless_partitions_are_set() -> 
         load_settings(env="local", overrides=["spark.master=local[4]"]).spark, local=True
     )
     assert unset["spark.sql.adaptive.coalescePartitions.initialPartitionNum"] == "64"
-    assert unset["spark.sql.adaptive.coalescePartitions.parallelismFirst"] == "false"
-    assert unset["spark.sql.adaptive.coalescePartitions.minPartitionNum"] == "8"
     fixed = session_defaults(
         load_settings(env="local", overrides=["spark.shuffle_partitions=64"]).spark, local=True
     )
     assert fixed["spark.sql.shuffle.partitions"] == "64"
     assert "spark.sql.adaptive.coalescePartitions.initialPartitionNum" not in fixed
-    assert "spark.sql.adaptive.coalescePartitions.parallelismFirst" not in fixed
-    assert "spark.sql.adaptive.coalescePartitions.minPartitionNum" not in fixed
 
 
 def test_user_conf_is_applied() -> None:
