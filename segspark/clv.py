@@ -169,6 +169,11 @@ def _require_columns(frame: DataFrame, columns: Sequence[str], what: str) -> Non
         raise InputError(f"{what} lacks column(s) {', '.join(missing)}; has {frame.columns}")
 
 
+def _require_date(value: object, name: str) -> None:
+    if isinstance(value, datetime) or not isinstance(value, date):
+        raise UsageError(f"{name} must be a datetime.date, got {type(value).__name__}")
+
+
 def clv_summary(transactions: DataFrame, *, calibration_end: date) -> DataFrame:
     """Per-customer BG/NBD statistics from transactions up to and including ``calibration_end``.
 
@@ -194,10 +199,7 @@ def clv_summary(transactions: DataFrame, *, calibration_end: date) -> DataFrame:
         >>> summary.columns
         ['customer_id', 'x', 't_x', 'T', 'm_x', 'first_purchase', 'last_purchase', 'purchase_days']
     """
-    if isinstance(calibration_end, datetime) or not isinstance(calibration_end, date):
-        raise UsageError(
-            f"calibration_end must be a datetime.date, got {type(calibration_end).__name__}"
-        )
+    _require_date(calibration_end, "calibration_end")
     _require_columns(transactions, _TRANSACTION_COLUMNS, "transactions")
     day = F.to_date(F.col("event_time"))
     daily = (
@@ -227,10 +229,7 @@ def summary_from_purchases(purchases: DataFrame, *, calibration_end: date) -> Da
         >>> summary_from_purchases(purchases, calibration_end=date(1997, 9, 30)).columns[:5]
         ['customer_id', 'x', 't_x', 'T', 'm_x']
     """
-    if isinstance(calibration_end, datetime) or not isinstance(calibration_end, date):
-        raise UsageError(
-            f"calibration_end must be a datetime.date, got {type(calibration_end).__name__}"
-        )
+    _require_date(calibration_end, "calibration_end")
     _require_columns(purchases, _PURCHASE_COLUMNS, "purchase aggregates")
     end = F.lit(calibration_end)
     x = (F.col("purchase_days") - 1).cast("int")
@@ -908,8 +907,7 @@ def clv_parameters(
     """
     if domain not in DOMAINS:
         raise UsageError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
-    if isinstance(as_of, datetime) or not isinstance(as_of, date):
-        raise UsageError(f"as_of must be a datetime.date, got {type(as_of).__name__}")
+    _require_date(as_of, "as_of")
     rows = [
         (domain, as_of, model, parameter, float(value))
         for model, parameter, _, value in _parameter_items(bgnbd, gamma_gamma)

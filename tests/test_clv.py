@@ -518,22 +518,14 @@ def test_cdnow_sample_reproduces_the_published_parameters(spark: SparkSession) -
 def test_the_summary_from_the_retail_aggregates_equals_the_summary_from_events(
     spark: SparkSession,
 ) -> None:
-    from segspark.features.retail import customer_aggregates
+    from segspark.features.retail import clv_purchases, customer_aggregates
 
     transactions = _read_cdnow(spark, _cdnow_sample())
     as_of = date(1997, 9, 30)
     aggregates = customer_aggregates(
         transactions, as_of=as_of, settings=load_settings(domain="retail").features
     )
-    purchases = aggregates.select(
-        "customer_id",
-        F.col("first_day").alias("first_purchase"),
-        F.col("last_day").alias("last_purchase"),
-        F.col("frequency").alias("purchase_days"),
-        F.col("monetary_total").alias("total_amount"),
-        "first_amount",
-    )
-    derived = summary_from_purchases(purchases, calibration_end=as_of)
+    derived = summary_from_purchases(clv_purchases(aggregates), calibration_end=as_of)
     direct = clv_summary(transactions, calibration_end=as_of)
     assert derived.schema == direct.schema
     # sums of the same amounts in another order: m_x equal to rounding

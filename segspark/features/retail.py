@@ -118,6 +118,23 @@ def customer_aggregates(
     return per_customer.localCheckpoint(eager=True)
 
 
+def clv_purchases(aggregates: DataFrame) -> DataFrame:
+    """:func:`customer_aggregates` in the columns of :func:`segspark.clv.summary_from_purchases`
+    (valid as the CLV summary's input only when the aggregates cover all history).
+
+    Example:
+        >>> summary_from_purchases(clv_purchases(aggregates), calibration_end=as_of)
+    """
+    return aggregates.select(
+        "customer_id",
+        F.col("first_day").alias("first_purchase"),
+        F.col("last_day").alias("last_purchase"),
+        F.col("frequency").alias("purchase_days"),
+        F.col("monetary_total").alias("total_amount"),
+        "first_amount",
+    )
+
+
 def features_from_aggregates(
     aggregates: DataFrame,
     *,

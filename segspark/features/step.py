@@ -36,7 +36,11 @@ from segspark.clv import ClvConvergenceError
 from segspark.config import Settings
 from segspark.errors import InputError, SchemaMismatchError
 from segspark.features import FEATURE_FUNCTIONS, FEATURE_VERSION, feature_names
-from segspark.features.retail import customer_aggregates, features_from_aggregates
+from segspark.features.retail import (
+    clv_purchases,
+    customer_aggregates,
+    features_from_aggregates,
+)
 from segspark.lake import Lake
 from segspark.privacy import pseudonymize, require_key
 from segspark.schemas import EVENT_TABLES
@@ -117,15 +121,9 @@ def _retail(
     """
     aggregates = customer_aggregates(events, as_of=as_of, settings=settings.features)
     if settings.features.retail.window_days is None:
-        purchases = aggregates.select(
-            "customer_id",
-            F.col("first_day").alias("first_purchase"),
-            F.col("last_day").alias("last_purchase"),
-            F.col("frequency").alias("purchase_days"),
-            F.col("monetary_total").alias("total_amount"),
-            "first_amount",
+        summary = clv_models.summary_from_purchases(
+            clv_purchases(aggregates), calibration_end=as_of
         )
-        summary = clv_models.summary_from_purchases(purchases, calibration_end=as_of)
     else:
         summary = clv_models.clv_summary(events, calibration_end=as_of).localCheckpoint(eager=True)
     cfg = settings.clv
