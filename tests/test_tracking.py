@@ -372,6 +372,12 @@ def test_ui_serves_the_lake_store_until_stopped(
         status, body = _http_get(f"{base}/get-artifact?path=ui.txt&run_uuid={run.info.run_id}")
         assert (status, body) == (200, b"served")
 
+        # A user presses Ctrl-C after the address is printed; the server may answer the test a
+        # little before the command's own readiness poll sees it and prints.
+        line = f"MLflow UI for {uri} at {base} (Ctrl-C to stop)"
+        deadline = time.monotonic() + 60
+        while line not in (tmp_path / "ui.out").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         proc.wait(timeout=60)
     finally:
@@ -381,8 +387,7 @@ def test_ui_serves_the_lake_store_until_stopped(
         output.close()
         errors.close()
     assert proc.returncode == 0
-    printed = (tmp_path / "ui.out").read_text().splitlines()
-    assert f"MLflow UI for {uri} at {base} (Ctrl-C to stop)" in printed
+    assert line in (tmp_path / "ui.out").read_text().splitlines()
     with pytest.raises(OSError):  # the server and its workers are gone with it
         _http_get(f"{base}/health", timeout_s=2)
 

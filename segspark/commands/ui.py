@@ -235,6 +235,17 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """``proc.wait()`` in short slices: a stop signal sent to this process may be delivered to
+    one of its other threads, and Python runs the handler only when the main thread wakes; a
+    single blocking wait would sleep through it (SIGINT from ``kill`` was ignored)."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def serve(
     settings: Settings, uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 ) -> int:
@@ -252,7 +263,7 @@ def serve(
             wait_until_ready(proc, url)
             where = "" if host == DEFAULT_HOST else f" (listening on {host})"
             print(f"MLflow UI for {redact(uri)} at {url}{where} (Ctrl-C to stop)", flush=True)
-            code = proc.wait()
+            code = _wait(proc)
             raise TrackingError(f"the MLflow server stopped by itself with code {code}")
         except (_Stop, KeyboardInterrupt):
             print("stopping the MLflow UI", file=sys.stderr, flush=True)
