@@ -170,7 +170,8 @@ def build_session(settings: SparkSettings) -> SparkSession:
         # Python workers run this interpreter (its installed packages, segspark included), not
         # whichever python3 is first on PATH: `.venv/bin/segspark` works from any directory.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        _share_segspark_with_workers()
+        if _python_daemon() is not None:  # only segspark's daemon needs segspark in the workers
+            _share_segspark_with_workers()
     given = None
     if submitted:
         SparkContext._ensure_initialized()  # connect to spark-submit's JVM to see its settings

@@ -131,7 +131,7 @@ def test_zip_directories_are_reread_only_when_the_archive_changed(tmp_path) -> N
         z.writestr("one.py", "X = 1\n")
     script = textwrap.dedent(
         f"""
-        import importlib, os, sys, zipfile, zipimport
+        import zipfile, zipimport
         from segspark._pydaemon import patch_zipimport
         assert patch_zipimport() and patch_zipimport()  # applying twice changes nothing
         reads = []
