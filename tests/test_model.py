@@ -261,6 +261,30 @@ def test_parallel_map_keeps_order_and_raises_the_first_failure(spark: SparkSessi
         parallel_map(spark, boom, range(4), 0)
 
 
+def test_parallel_map_calls_have_their_own_local_properties(spark: SparkSession) -> None:
+    # Spark SQL keeps each query's execution ids in the thread's local properties; calls that
+    # shared one properties object cleared each other's ids mid-query ("NumberFormatException:
+    # Cannot parse null string" from concurrent KMeans fits).
+    import threading
+
+    sc = spark.sparkContext
+    sc.setLocalProperty("segspark.test.caller", "parent")
+    both_set = threading.Barrier(2, timeout=30)
+
+    def tag(x: int) -> tuple[str | None, str | None]:
+        sc.setLocalProperty("segspark.test.call", str(x))
+        both_set.wait()  # the other call has set its own value by now
+        return sc.getLocalProperty("segspark.test.call"), sc.getLocalProperty(
+            "segspark.test.caller"
+        )
+
+    try:
+        assert parallel_map(spark, tag, [0, 1], 2) == [("0", "parent"), ("1", "parent")]
+        assert sc.getLocalProperty("segspark.test.call") is None  # the caller's are untouched
+    finally:
+        sc.setLocalProperty("segspark.test.caller", None)  # type: ignore[arg-type]
+
+
 def test_bootstrap_pairs_counted_in_one_pass_equal_per_pair_tables(
     blobs: DataFrame, settings: ModelSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

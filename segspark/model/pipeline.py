@@ -334,10 +334,13 @@ def parallel_map(
         raise UsageError(f"parallelism must be at least 1, got {parallelism}")
     if parallelism == 1 or len(todo) <= 1:
         return [func(x) for x in todo]
-    target = inheritable_thread_target(spark)(func)
     pool = ThreadPoolExecutor(max_workers=min(parallelism, len(todo)))
     try:
-        futures = [pool.submit(target, x) for x in todo]
+        # One wrapper per call: pyspark clones the caller's local properties when wrapping and
+        # hands that one copy to every call of the wrapper, so calls sharing a wrapper shared
+        # the copy, and Spark SQL's per-query execution ids in it (a concurrent query then read
+        # a cleared id: "NumberFormatException: Cannot parse null string").
+        futures = [pool.submit(inheritable_thread_target(spark)(func), x) for x in todo]
         return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
