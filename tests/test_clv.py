@@ -211,6 +211,16 @@ def test_fits_refuse_more_distinct_statistics_than_configured(spark: SparkSessio
         fit_bgnbd(summary, settings)
 
 
+def test_fits_on_no_usable_customer_are_input_errors(spark: SparkSession) -> None:
+    from segspark.clv import fit_bgnbd, fit_gamma_gamma
+
+    with pytest.raises(InputError, match="cannot fit BG/NBD: the CLV summary is empty"):
+        fit_bgnbd(_summary(spark, []), _settings())
+    one_timers = _summary(spark, [("a", 0, 0.0, 10.0, 0.0), ("b", 0, 0.0, 4.0, 0.0)])
+    with pytest.raises(InputError, match="cannot fit Gamma-Gamma: no customer with a repeat"):
+        fit_gamma_gamma(one_timers, _settings())
+
+
 # ------------------------------------------------------------------------------------------
 # Likelihoods against the papers' formulas
 # ------------------------------------------------------------------------------------------
