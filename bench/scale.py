@@ -2,7 +2,8 @@
 
 For each size it runs W1's ``segspark agg`` (warm session, the aggregation alone), ``duckdb agg``
 (the peer, for the ratio) and ``segspark step`` (``segspark features`` as a process, JVM start
-included), alternately, in fresh engines per size, and reports nanoseconds per transaction and
+included), alternately, in fresh engines per size (each in-process engine warmed up by one
+untimed run, as in W1), and reports nanoseconds per transaction and
 the peak resident set size of the driver (its Python process plus its JVM, sampled every
 0.1 s during each run). Flatness is the largest over the smallest time per row (goal: <= 1.2)
 and the largest over the smallest peak memory.
@@ -69,6 +70,7 @@ def curve(datasets: list[dict[str, Any]]) -> dict[str, Any]:
                     "peak_rss_mib": r[name]["peak_rss_mib"],
                 }
         point["segspark agg / duckdb agg"] = entry["ratios"].get("segspark agg / duckdb agg")
+        point["agg_warmup_s"] = entry.get("warmup_s", {}).get("segspark agg")
         points.append(point)
     flat: dict[str, Any] = {}
     for name in ("segspark agg", "segspark step"):
@@ -99,6 +101,7 @@ def render(payload: dict[str, Any]) -> str:
                 step and step["ns_per_row"],
                 step and round(step["peak_rss_mib"]["total"]),
                 p.get("segspark agg / duckdb agg"),
+                p.get("agg_warmup_s"),
             ]
         )
     table = common.markdown_table(
@@ -111,6 +114,7 @@ def render(payload: dict[str, Any]) -> str:
             "step ns/row",
             "step driver peak MiB",
             "agg / DuckDB",
+            "agg warm-up s (untimed)",
         ],
         rows,
     )
