@@ -6,6 +6,7 @@ import importlib.metadata
 import math
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -219,6 +220,10 @@ def test_fits_on_no_usable_customer_are_input_errors(spark: SparkSession) -> Non
     one_timers = _summary(spark, [("a", 0, 0.0, 10.0, 0.0), ("b", 0, 0.0, 4.0, 0.0)])
     with pytest.raises(InputError, match="cannot fit Gamma-Gamma: no customer with a repeat"):
         fit_gamma_gamma(one_timers, _settings())
+    rows: list[Any] = [("a", 1, 2.0, None, 5.0), ("b", 0, 0.0, 4.0, 0.0)]  # a's T unknown
+    unknown_age = _summary(spark, rows)
+    with pytest.raises(InputError, match="BG/NBD: null sufficient statistics"):
+        fit_bgnbd(unknown_age, _settings())
 
 
 # ------------------------------------------------------------------------------------------
