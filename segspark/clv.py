@@ -673,9 +673,7 @@ def _collect_bounded(stats: DataFrame, limit: int, model: str) -> list[FloatArra
         )
     if any(column.null_count for column in table.columns):
         raise InputError(f"{model}: null sufficient statistics in the CLV summary")
-    matrix = np.column_stack(
-        [column.to_numpy().astype(np.float64) for column in table.columns]
-    ).reshape(table.num_rows, table.num_columns)
+    matrix = np.column_stack([column.to_numpy() for column in table.columns]).astype(np.float64)
     matrix = matrix[np.lexsort(matrix.T[::-1])]
     return [matrix[:, i] for i in range(table.num_columns)]
 
