@@ -99,6 +99,16 @@ every map task writes a file per partition (Spark's bypass-merge writer, up to 2
 200 the RFM ranking of 900,000 customers from 23 partitions took 12 s instead of 5 s."""
 
 
+LOCAL_GC = "-XX:+UseParallelGC"
+"""The garbage collector of a local session's JVM, which is driver and executor in one.
+
+The JVM's default on a server-class machine is G1, built for short pauses on large heaps; a
+batch job on a 4 GiB heap wants throughput instead, which is what the parallel collector is for
+(https://docs.oracle.com/en/java/javase/17/gctuning/available-collectors.html). On 2 cores the
+retail features step at 10^8 events took 93.3, 97.0 and 82.1 s against 102.0, 105.4 and 93.3 s
+with G1, run alternately. Cluster executors keep whatever the cluster's configuration says."""
+
+
 def sort_aggregation(spark: SparkSession) -> bool:
     """Whether ``spark`` streams aggregations over key-sorted input (:data:`SORT_AGGREGATION`)."""
     return str(spark.conf.get(SORT_AGGREGATION, "false")).lower() == "true"
@@ -130,7 +140,9 @@ def session_defaults(settings: SparkSettings, *, local: bool) -> dict[str, str]:
                 "spark.master": master,
                 "spark.driver.memory": "4g",
                 "spark.default.parallelism": str(partitions),
-                "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_LOG4J}",
+                "spark.driver.extraJavaOptions": (
+                    f"{LOCAL_GC} -Dlog4j2.configurationFile=file:{_LOG4J}"
+                ),
             }
         )
         daemon = _python_daemon()

@@ -28,6 +28,15 @@ def test_fixture_session_has_the_local_defaults(spark: SparkSession) -> None:
     assert spark.sparkContext.master == "local[2]"
 
 
+def test_local_sessions_run_the_parallel_garbage_collector(spark: SparkSession) -> None:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    beans = jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert sorted(bean.getName() for bean in beans) == ["PS MarkSweep", "PS Scavenge"]
+    remote = load_settings(env="local", overrides=["spark.master=spark://host:7077"]).spark
+    assert "spark.driver.extraJavaOptions" not in session_defaults(remote, local=False)
+
+
 def test_an_active_session_is_returned_untouched(spark: SparkSession) -> None:
     other = load_settings(env="local", overrides=["spark.shuffle_partitions=64"])
     assert build_session(other.spark) is spark
