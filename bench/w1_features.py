@@ -593,7 +593,8 @@ def _warmup_note(warmup: dict[str, float | list[float]]) -> str:
     runs = "; ".join(
         f"{name} {' '.join(f'{s:.1f}' for s in warmup_runs(v))} s" for name, v in warmup.items()
     )
-    return f" Untimed warm-up runs before the rounds (until one is within 10% of the last): {runs}."
+    until = f"until one is within {WARMUP_SETTLED:.0%} of the last"
+    return f" Untimed warm-up runs before the rounds ({until}): {runs}."
 
 
 def parser() -> argparse.ArgumentParser:
