@@ -90,12 +90,37 @@ def rss_bytes(pid: int) -> int:
             return 0
 
 
-def _is_jvm(pid: int) -> bool:
+def _executable(pid: int) -> str:
+    """The file name of the program ``pid`` runs ("" when it is gone or unreadable)."""
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip() == "java"
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
     except OSError:
-        return False
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _is_jvm(pid: int) -> bool:
+    return _executable(pid) == "java"
+
+
+def _shares_a_jvm(pid: int) -> bool:
+    """Whether ``pid`` is a JVM's child that has not yet run its own program.
+
+    The JVM starts processes (Spark's Python daemon, Hadoop's shell commands) with
+    ``posix_spawn``, whose child shares the JVM's memory until it executes its program: its
+    resident set reads as the JVM's whole. A sample taken in that moment counted the JVM twice,
+    under the name of the spawning thread (a 3·10^7 step's "Python" peak read 3.6 GiB once in
+    nine runs, against 0.9 GiB in the others).
+    """
+    # while the child becomes its program, /proc may not name its executable at all
+    return _executable(pid) in ("java", "") and _is_jvm(_parent(pid))
 
 
 class RssSampler:
@@ -122,6 +147,8 @@ class RssSampler:
         jvm = other = 0
         for root in self.roots():
             for pid in _tree_pids(root):
+                if _shares_a_jvm(pid):
+                    continue
                 size = rss_bytes(pid)
                 if _is_jvm(pid):
                     jvm += size
