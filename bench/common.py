@@ -56,15 +56,8 @@ def _tree_pids(pid: int) -> list[int]:
 def _proc_tree_pids(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        if entry.isdigit():
+            children.setdefault(_parent(int(entry)), []).append(int(entry))
     out, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -99,6 +92,7 @@ def _executable(pid: int) -> str:
 
 
 def _parent(pid: int) -> int:
+    """The parent of ``pid`` (0 when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -110,8 +104,9 @@ def _is_jvm(pid: int) -> bool:
     return _executable(pid) == "java"
 
 
-def _shares_a_jvm(pid: int) -> bool:
-    """Whether ``pid`` is a JVM's child that has not yet run its own program.
+def _shares_a_jvm(pid: int, executable: str) -> bool:
+    """Whether ``pid`` (running ``executable``) is a JVM's child that has not yet run its own
+    program.
 
     The JVM starts processes (Spark's Python daemon, Hadoop's shell commands) with
     ``posix_spawn``, whose child shares the JVM's memory until it executes its program: its
@@ -120,7 +115,7 @@ def _shares_a_jvm(pid: int) -> bool:
     nine runs, against 0.9 GiB in the others).
     """
     # while the child becomes its program, /proc may not name its executable at all
-    return _executable(pid) in ("java", "") and _is_jvm(_parent(pid))
+    return executable in ("java", "") and _is_jvm(_parent(pid))
 
 
 class RssSampler:
@@ -147,10 +142,11 @@ class RssSampler:
         jvm = other = 0
         for root in self.roots():
             for pid in _tree_pids(root):
-                if _shares_a_jvm(pid):
+                executable = _executable(pid)  # before the size: see _shares_a_jvm
+                if _shares_a_jvm(pid, executable):
                     continue
                 size = rss_bytes(pid)
-                if _is_jvm(pid):
+                if executable == "java":
                     jvm += size
                 else:
                     other += size
@@ -433,6 +429,11 @@ def write_json(name: str, payload: Mapping[str, Any], out_dir: Path = RESULTS) -
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def tenths(values: Iterable[float]) -> str:
+    """Numbers to a tenth, for a table cell: ``3.4 4.1 3.6``."""
+    return " ".join(f"{v:.1f}" for v in values)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

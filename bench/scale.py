@@ -102,7 +102,7 @@ def render(payload: dict[str, Any]) -> str:
                 step and step["ns_per_row"],
                 step and round(step["peak_rss_mib"]["total"]),
                 p.get("segspark agg / duckdb agg"),
-                " ".join(f"{s:.1f}" for s in p.get("agg_warmup_s") or []),
+                common.tenths(p.get("agg_warmup_s") or []),
             ]
         )
     table = common.markdown_table(

@@ -552,7 +552,7 @@ def render(payload: dict[str, Any]) -> str:
                     round(r["peak_rss_mib"]["total"]),
                     round(r["peak_rss_mib"]["jvm"]),
                     round(r["peak_rss_mib"]["python"]),
-                    " ".join(f"{s:.1f}" for s in r["runs_s"]),
+                    common.tenths(r["runs_s"]),
                 ]
             )
         checked = ", ".join(
@@ -590,9 +590,7 @@ def warmup_runs(value: float | list[float]) -> list[float]:
 def _warmup_note(warmup: dict[str, float | list[float]]) -> str:
     if not warmup:
         return ""
-    runs = "; ".join(
-        f"{name} {' '.join(f'{s:.1f}' for s in warmup_runs(v))} s" for name, v in warmup.items()
-    )
+    runs = "; ".join(f"{name} {common.tenths(warmup_runs(v))} s" for name, v in warmup.items())
     until = f"until one is within {WARMUP_SETTLED:.0%} of the last"
     return f" Untimed warm-up runs before the rounds ({until}): {runs}."
 

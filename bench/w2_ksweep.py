@@ -504,8 +504,8 @@ def render(payload: dict[str, Any]) -> str:
                     r["median_cpu_s"],
                     f"{r['median_s'] / base['median_s']:.2f}×" if base else None,
                     round(r["peak_rss_mib"]["total"]),
-                    " ".join(f"{s:.1f}" for s in r["runs_s"]),
-                    " ".join(f"{x:.1f}" for x in r["load_average_after"]),
+                    common.tenths(r["runs_s"]),
+                    common.tenths(r["load_average_after"]),
                 ]
             )
         table = common.markdown_table(

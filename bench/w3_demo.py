@@ -84,13 +84,11 @@ def parser() -> argparse.ArgumentParser:
 
 def render(payload: dict[str, Any]) -> str:
     rows = [
-        [name, p["median_s"], " ".join(f"{s:.1f}" for s in p["runs_s"]), p["detail"]]
+        [name, p["median_s"], common.tenths(p["runs_s"]), p["detail"]]
         for name, p in payload["phases"].items()
     ]
     total = payload["total"]
-    rows.append(
-        ["**total (wall)**", total["median_s"], " ".join(f"{s:.1f}" for s in total["runs_s"]), ""]
-    )
+    rows.append(["**total (wall)**", total["median_s"], common.tenths(total["runs_s"]), ""])
     return (
         common.markdown_table(["phase", "median s", "runs (s)", "detail"], rows)
         + f"\n\nPeak RSS of the demo process tree: {total['peak_rss_mib']['total']:.0f} MiB "
