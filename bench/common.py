@@ -142,7 +142,9 @@ class RssSampler:
         jvm = other = 0
         for root in self.roots():
             for pid in _tree_pids(root):
-                executable = _executable(pid)  # before the size: see _shares_a_jvm
+                # read before the size: a spawned child that runs its program in between is
+                # skipped or small, never counted at the JVM's size
+                executable = _executable(pid)
                 if _shares_a_jvm(pid, executable):
                     continue
                 size = rss_bytes(pid)
