@@ -55,7 +55,6 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.functions import pandas_udf
 from pyspark.sql.types import (
-    ArrayType,
     DateType,
     DoubleType,
     StringType,
@@ -765,24 +764,41 @@ def conditional_expected_purchases(
     return np.asarray(expected, dtype=np.float64)
 
 
-def _expected_purchases_column(
-    params: BgNbdParams, horizons: tuple[float, ...], x: Column, t_x: Column, T: Column
+def _purchases_column(
+    params: BgNbdParams,
+    horizon: float,
+    months: int,
+    rate: float,
+    x: Column,
+    t_x: Column,
+    T: Column,
 ) -> Column:
-    """E[Y(t)] at each horizon as an array column: the one place a pandas UDF is needed."""
+    """``expected`` = E[Y(horizon)] and ``discounted`` = Σ_{i=1..months} (E[Y(i·w)] −
+    E[Y((i−1)·w)]) / (1 + rate)^i, one struct per row: the one place a pandas UDF is needed.
 
-    def evaluate(xs: pd.Series, txs: pd.Series, Ts: pd.Series) -> pd.Series:
-        values = np.column_stack(
-            [
-                conditional_expected_purchases(
-                    params, t, xs.to_numpy(), txs.to_numpy(), Ts.to_numpy()
-                )
-                for t in horizons
-            ]
-        )
-        return pd.Series(list(values))
+    Both come back as two plain double columns (Arrow's cheapest shape) rather than the 13
+    expectations they derive from: for 900,000 customers, an array per row took 0.8 s to
+    convert to Arrow, as long as the 13 hypergeometric evaluations (0.9 s). Scoring the 10^8
+    events' customers took 3.5 s instead of 4.5 s (6.3 s of task time instead of 8.1 s).
+    """
+    factors = [(1.0 + rate) ** i for i in range(1, months + 1)]
 
+    def evaluate(xs: pd.Series, txs: pd.Series, Ts: pd.Series) -> pd.DataFrame:
+        x_, t_x_, T_ = xs.to_numpy(), txs.to_numpy(), Ts.to_numpy()
+        expected = conditional_expected_purchases(params, horizon, x_, t_x_, T_)
+        discounted = np.zeros(len(x_))
+        previous = np.zeros(len(x_))
+        for i, factor in enumerate(factors, start=1):
+            current = conditional_expected_purchases(params, i * WEEKS_PER_MONTH, x_, t_x_, T_)
+            discounted = discounted + (current - previous) / factor
+            previous = current
+        return pd.DataFrame({"expected": expected, "discounted": discounted})
+
+    returns = StructType(
+        [StructField("expected", DoubleType()), StructField("discounted", DoubleType())]
+    )
     # pyspark's overloads only type this call with pandas stubs installed
-    udf = pandas_udf(evaluate, ArrayType(DoubleType()))  # type: ignore[call-overload]
+    udf = pandas_udf(evaluate, returns)  # type: ignore[call-overload]
     return cast(Column, udf(x, t_x, T))
 
 
@@ -853,26 +869,20 @@ def score_clv(
     p_alive = F.lit(1.0) / (F.lit(1.0) + F.when(x > 0, odds_dead).otherwise(F.lit(0.0)))
     expected_spend = F.lit(p) * (F.col("m_x") * x + v) / (x * p + (q - 1.0))
 
-    horizons = (float(horizon_weeks), *(i * WEEKS_PER_MONTH for i in range(1, clv_months + 1)))
-    # One array per customer so the UDF runs once per row, not once per horizon; on at most the
-    # default parallelism's partitions, since every Python task has a fixed cost (about 40 ms
-    # here): 891,000 customers scored in 2.3 s from 4 partitions, 3.4 s from the 32 of the
-    # aggregates.
+    # One UDF call per row for all the horizons; on at most the default parallelism's
+    # partitions, since every Python task has a fixed cost (about 40 ms here): 891,000
+    # customers scored in 2.3 s from 4 partitions, 3.4 s from the 32 of the aggregates.
     slots = summary.sparkSession.sparkContext.defaultParallelism
-    scored = summary.coalesce(slots).withColumn(
-        "_expected", _expected_purchases_column(bgnbd, horizons, x, t_x, T)
+    purchases = _purchases_column(
+        bgnbd, float(horizon_weeks), clv_months, monthly_discount_rate, x, t_x, T
     )
-    expected = F.col("_expected")
-    discounted = F.lit(0.0)
-    for i in range(1, clv_months + 1):
-        previous = expected[i - 1] if i > 1 else F.lit(0.0)
-        discounted = discounted + (expected[i] - previous) / (1.0 + monthly_discount_rate) ** i
+    scored = summary.coalesce(slots).withColumn("_purchases", purchases)
     return (
-        scored.withColumn("expected_purchases", expected[0])
+        scored.withColumn("expected_purchases", F.col("_purchases.expected"))
         .withColumn("p_alive", p_alive)
         .withColumn("expected_spend", expected_spend)
-        .withColumn("clv", F.col("expected_spend") * discounted)
-        .drop("_expected")
+        .withColumn("clv", F.col("expected_spend") * F.col("_purchases.discounted"))
+        .drop("_purchases")
     )
 
 
