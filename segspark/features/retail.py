@@ -115,7 +115,13 @@ def customer_aggregates(
             ).alias("earlier"),
         )
     )
-    return per_customer.localCheckpoint(eager=True)
+    # Read back in as many partitions as the default parallelism (each task reads several of
+    # the aggregation's blocks): the features, their rankings and the CLV fits make about ten
+    # passes over these rows, and a pass over 32 partitions of small blocks was mostly task
+    # overhead. At 10^8 events (900,000 customers) the features after the aggregation took
+    # 8.6 s instead of 10.8 s, the CLV fits 3.9 s instead of 4.4 s.
+    slots = transactions.sparkSession.sparkContext.defaultParallelism
+    return per_customer.localCheckpoint(eager=True).coalesce(slots)
 
 
 def clv_purchases(aggregates: DataFrame) -> DataFrame:
@@ -217,7 +223,7 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
     )
 
 
-def rfm_scores(frame: DataFrame, *, levels: int) -> DataFrame:
+def rfm_scores(frame: DataFrame, *, levels: int, key: str = "customer_id") -> DataFrame:
     """Add ``r_score``, ``f_score`` and ``m_score`` (1..``levels``) ranking every row of ``frame``.
 
     Each score is ``1 + floor(levels * percent_rank)`` capped at ``levels``, where
@@ -226,52 +232,52 @@ def rfm_scores(frame: DataFrame, *, levels: int) -> DataFrame:
     ``monetary_total`` ascending). Equal values share the lowest rank, hence one score: the
     result depends only on the values, never on row order.
 
+    ``frame`` has one row per ``key``. The scores are computed on the key and the three values
+    alone and joined back on the key, so the other columns move only with that join, which a
+    following join on the same key (the CLV columns, the customers) shares.
+
     Example:
         >>> rfm_scores(values, levels=5).columns[-3:]
         ['r_score', 'f_score', 'm_score']
     """
     if levels < 2:
         raise UsageError(f"levels must be >= 2, got {levels}")
-    scored = frame
+    keyed = frame.select(key, "recency_days", "frequency", "monetary_total")
+    scores = keyed
+    # recency and frequency take at most one value per day of history: a small table, ranked
+    # by one window and broadcast; monetary_total takes about one value per customer, so its
+    # rows are ranked in parallel, by value range
     for column, score, descending in (
         ("recency_days", "r_score", True),
         ("frequency", "f_score", False),
-        ("monetary_total", "m_score", False),
     ):
-        # recency and frequency take at most one value per day of history: a small table;
-        # monetary_total takes about one value per customer, ranked in parallel.
-        small = column != "monetary_total"
-        table = _score_table(
-            frame, column, score, levels=levels, descending=descending, parallel=not small
-        )
-        scored = scored.join(F.broadcast(table) if small else table, on=column, how="left")
-    return scored
+        table = _score_table(keyed, column, score, levels=levels, descending=descending)
+        scores = scores.join(F.broadcast(table), on=column, how="left")
+    scores = _scored_by_ranges(scores, "monetary_total", "m_score", levels=levels, descending=False)
+    return frame.join(scores.select(key, "r_score", "f_score", "m_score"), on=key, how="left")
 
 
 def _score_table(
-    frame: DataFrame,
-    column: str,
-    score: str,
-    *,
-    levels: int,
-    descending: bool,
-    parallel: bool = False,
+    frame: DataFrame, column: str, score: str, *, levels: int, descending: bool
 ) -> DataFrame:
+    """``column``'s distinct values with their ``score`` (:func:`rfm_scores`), from one
+    single-partition window over the values' counts (for a column with few distinct values)."""
     # Ranking the distinct values weighted by their counts equals percent_rank over the rows.
     counts = frame.groupBy(column).agg(F.count(F.lit(1)).alias("_n"))
-    if parallel:
-        ranked = _below_by_ranges(counts, column, descending=descending)
-    else:
-        # a single-partition window, which only sees one row per distinct value
-        order = Window.orderBy(F.col(column).desc() if descending else F.col(column).asc())
-        ranked = counts.select(
-            column,
-            _sum_before("_n", order).alias("_below"),
-            _sum_all("_n", order).alias("_everyone"),
-        )
+    order = Window.orderBy(F.col(column).desc() if descending else F.col(column).asc())
+    ranked = counts.select(
+        column,
+        _sum_before("_n", order).alias("_below"),
+        _sum_all("_n", order).alias("_everyone"),
+    )
+    return ranked.select(column, _score(levels).alias(score))
+
+
+def _score(levels: int) -> Column:
+    """The score of a row from ``_below`` (rows ranked strictly before) and ``_everyone``."""
     below, everyone = F.col("_below"), F.col("_everyone")
     bucket = _floor_div(below * levels, F.greatest(everyone - 1, F.lit(1)))
-    return ranked.select(column, F.least(bucket + 1, F.lit(levels)).cast("int").alias(score))
+    return F.least(bucket + 1, F.lit(levels)).cast("int")
 
 
 # Ranges per unit of log1p(|value|): about 30 ranges over money totals from 0 to 10^6.
@@ -279,14 +285,18 @@ _RANGES_PER_LOG = 2.0
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
-def _below_by_ranges(counts: DataFrame, column: str, *, descending: bool) -> DataFrame:
-    """``_below`` (rows ranked strictly before) and ``_everyone`` for a double ``column``.
+def _scored_by_ranges(
+    frame: DataFrame, column: str, score: str, *, levels: int, descending: bool
+) -> DataFrame:
+    """``frame`` with ``score`` (:func:`rfm_scores`) for a double ``column`` of many values.
 
     The values are cut into ranges by a monotone function of the value (log scale, so money
-    amounts spread over many ranges); each range is ranked by its own window task, and the sizes
-    of the ranges before it (one row per range, a tiny single-partition window) give its
-    offset. The result equals one window over all the values, in Spark's order (nulls first
-    ascending, last descending; NaN above every number).
+    amounts spread over many ranges). Each range's rows are ranked by their own window task
+    (``rank() - 1`` counts the rows strictly before, ties sharing the lowest), and the sizes of
+    the ranges before it (one row per range, a tiny single-partition window, broadcast) give
+    its offset. The result equals one window over all the rows, in Spark's order (nulls first
+    ascending, last descending; NaN above every number; -0.0 equal to 0.0), while every row
+    moves once and no table of values is joined back.
     """
     value = F.col(column)
     magnitude = F.floor(F.log1p(F.abs(value)) * F.lit(_RANGES_PER_LOG))
@@ -296,22 +306,25 @@ def _below_by_ranges(counts: DataFrame, column: str, *, descending: bool) -> Dat
         .when(value < 0, -magnitude - 1)
         .otherwise(magnitude)
     )
-    ranged = counts.withColumn("_range", part)
+    ranged = frame.withColumn("_range", part)
     order = value.desc() if descending else value.asc()
-    within = Window.partitionBy("_range").orderBy(order)
-    ranked = ranged.select(column, "_range", _sum_before("_n", within).alias("_within"))
     ranges = Window.orderBy(F.col("_range").desc() if descending else F.col("_range").asc())
     offsets = (
         ranged.groupBy("_range")
-        .agg(F.sum("_n").alias("_size"))
+        .agg(F.count(F.lit(1)).alias("_size"))
         .select(
             "_range",
             _sum_before("_size", ranges).alias("_offset"),
             _sum_all("_size", ranges).alias("_everyone"),
         )
     )
-    return ranked.join(F.broadcast(offsets), "_range").select(
-        column, (F.col("_offset") + F.col("_within")).alias("_below"), "_everyone"
+    within = F.rank().over(Window.partitionBy("_range").orderBy(order)) - 1
+    return (
+        ranged.withColumn("_within", within)
+        .join(F.broadcast(offsets), "_range")
+        .withColumn("_below", F.col("_offset") + F.col("_within"))
+        .withColumn(score, _score(levels))
+        .drop("_range", "_within", "_offset", "_below", "_everyone")
     )
 
 
