@@ -94,9 +94,16 @@ def customer_aggregates(
     day = F.col("day")
     gap = F.datediff(day, F.lag(day).over(Window.partitionBy("customer_id").orderBy(day)))
     amount = F.col("amount")
+    # Grouped on the customer and a hash of it, which makes the same groups: the rows arrive
+    # sorted by customer, and grouped on the customer alone Spark swaps its code-generated hash
+    # aggregation for the sort-based one (spark.sql.execution.replaceHashWithSortAgg, on for
+    # the per-day step), which runs without generated code when there are grouping keys and
+    # behind the window was the slower of the two: at 3*10^7 events this aggregation took 21.5
+    # to 25.2 s in a fresh session instead of 26.8 to 28.5 s, and 13.9 s warm instead of 15.1 s;
+    # the whole features step at 10^8 took 96.3, 82.0 and 91.7 s against 99.4, 94.9 and 97.3 s.
     per_customer = (
         days.withColumn("gap", gap)
-        .groupBy("customer_id")
+        .groupBy("customer_id", F.xxhash64("customer_id").alias("_customer_hash"))
         .agg(
             F.min(day).alias("first_day"),
             F.max(day).alias("last_day"),
@@ -114,6 +121,7 @@ def customer_aggregates(
                 F.when((day >= earlier_start) & (day < recent_start), amount).otherwise(0.0)
             ).alias("earlier"),
         )
+        .drop("_customer_hash")
     )
     # Read back in as many partitions as the default parallelism (each task reads several of
     # the aggregation's blocks): the features, their rankings and the CLV fits make about ten
