@@ -1,7 +1,8 @@
 """Retail features: value and purchase behaviour per customer, from ``transactions``.
 
-Transactions are aggregated once per customer-day (a purchase occasion); every feature derives
-from those customer-days, so no exact distinct count over raw events is needed. The RFM
+A purchase day (a purchase occasion) is a customer's day with at least one transaction;
+every feature derives from the purchase days, found in one pass over the events sorted by
+customer and day, so no exact distinct count over raw events is needed. The RFM
 scores rank customers against the whole population at ``as_of``. CLV columns
 (:mod:`segspark.clv`) are joined by the features step, not here.
 """
@@ -65,13 +66,22 @@ def retail_features(
 def customer_aggregates(
     transactions: DataFrame, *, as_of: date, settings: FeaturesSettings
 ) -> DataFrame:
-    """One row per customer: the aggregates of the customer-days every retail feature derives from.
+    """One row per customer: the aggregates of the purchase days every retail feature derives from.
 
     Columns: ``customer_id``, ``first_day``, ``last_day``, ``frequency`` (purchase days),
     ``first_amount`` (the first purchase day's total), ``transaction_count``,
     ``monetary_total``, ``quantity``, ``quantity_known``, ``ipi_mean_days``, ``gaps``,
     ``gap_std``, ``recent`` and ``earlier`` (spend in the two trend windows), over the
     transactions of ``settings.retail.window_days`` up to ``as_of``.
+
+    One pass over the events: they are hash-partitioned by customer and sorted by (customer,
+    day) for one window, which gives each event the day of the customer's event before it and
+    the customer's first day. An event whose day differs from the one before starts a purchase
+    day, and that difference is the gap between two purchase days; so every column is a plain
+    per-customer aggregate of the events, with neither an exact distinct count nor a
+    per-day aggregation in between (the same values; in a fresh session, 17.7 to 18.9 s instead
+    of 21.1 s at 3*10^7 events with one row per customer-day first, and 54.1 to 55.1 s instead
+    of 51.7 to 59.1 s, median 58.2, at 10^8).
 
     The rows are kept by a local checkpoint (the executors' block stores: memory, then disk;
     freed when the frame is no longer referenced), so the features, their RFM rankings (each
@@ -90,32 +100,42 @@ def customer_aggregates(
     recent_start = F.lit(window_start(as_of, cfg.trend_days))
     earlier_start = F.lit(window_start(as_of, 2 * cfg.trend_days))
 
-    days = customer_days(transactions, start=start, as_of=as_of)
-    day = F.col("day")
-    gap = F.datediff(day, F.lag(day).over(Window.partitionBy("customer_id").orderBy(day)))
-    amount = F.col("amount")
+    events = (
+        transactions.where(in_window(F.col("event_time"), start, as_of))
+        .select("customer_id", F.to_date("event_time").alias("day"), "amount", "quantity")
+        .repartition("customer_id")
+    )
+    day, amount = F.col("day"), F.col("amount")
+    by_day = Window.partitionBy("customer_id").orderBy(day)
+    everything = by_day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    events = events.select(
+        "*",
+        F.datediff(day, F.lag(day).over(by_day)).alias("_since"),  # null for the first event
+        F.min(day).over(everything).alias("_first_day"),
+    )
+    since = F.col("_since")
+    gap = F.when(since > 0, since)  # null unless the event starts a later purchase day
     # Grouped on the customer and a hash of it, which makes the same groups: the rows arrive
     # sorted by customer, and grouped on the customer alone Spark swaps its code-generated hash
-    # aggregation for the sort-based one (spark.sql.execution.replaceHashWithSortAgg, on for
-    # the per-day step), which runs without generated code when there are grouping keys and
-    # behind the window was the slower of the two: at 3*10^7 events this aggregation took 21.5
-    # to 25.2 s in a fresh session instead of 26.8 to 28.5 s, and 13.9 s warm instead of 15.1 s;
-    # the whole features step at 10^8 took 96.3, 82.0 and 91.7 s against 99.4, 94.9 and 97.3 s.
+    # aggregation for the sort-based one (spark.sql.execution.replaceHashWithSortAgg), which
+    # runs without generated code when there are grouping keys and behind the window was the
+    # slower of the two: at 3*10^7 events the aggregates took 21.5 to 25.2 s in a fresh session
+    # instead of 26.8 to 28.5 s, and 13.9 s warm instead of 15.1 s; the whole features step at
+    # 10^8 took 96.3, 82.0 and 91.7 s against 99.4, 94.9 and 97.3 s.
     per_customer = (
-        days.withColumn("gap", gap)
-        .groupBy("customer_id", F.xxhash64("customer_id").alias("_customer_hash"))
+        events.groupBy("customer_id", F.xxhash64("customer_id").alias("_customer_hash"))
         .agg(
             F.min(day).alias("first_day"),
             F.max(day).alias("last_day"),
-            F.count(F.lit(1)).alias("frequency"),
-            F.min_by(amount, day).alias("first_amount"),
-            F.sum("transactions").alias("transaction_count"),
+            F.count(F.when(since.isNull() | (since > 0), 1)).alias("frequency"),
+            F.sum(F.when(day == F.col("_first_day"), amount)).alias("first_amount"),
+            F.count(F.lit(1)).alias("transaction_count"),
             F.sum(amount).alias("monetary_total"),
             F.sum("quantity").alias("quantity"),
-            F.sum("quantity_known").alias("quantity_known"),
-            F.avg("gap").alias("ipi_mean_days"),
-            F.count("gap").alias("gaps"),
-            F.stddev_samp("gap").alias("gap_std"),
+            F.count("quantity").alias("quantity_known"),
+            F.avg(gap).alias("ipi_mean_days"),
+            F.count(gap).alias("gaps"),
+            F.stddev_samp(gap).alias("gap_std"),
             F.sum(F.when(day >= recent_start, amount).otherwise(0.0)).alias("recent"),
             F.sum(
                 F.when((day >= earlier_start) & (day < recent_start), amount).otherwise(0.0)
@@ -200,16 +220,16 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
     Columns: ``customer_id``, ``day``, ``amount`` (the day's total), ``transactions``,
     ``quantity`` (sum of the known quantities) and ``quantity_known`` (how many were known).
 
-    Every retail feature derives from these rows, so the events are shuffled once: they are
-    hash-partitioned by ``customer_id`` alone, which satisfies the per-day aggregation and every
-    later per-customer step (keyed on both, the per-day rows would be shuffled again: as many
-    rows as events when customers seldom buy twice a day). Within a partition the events are
-    sorted by (customer_id, day) when the session streams sorted aggregations
+    For per-customer statistics of the day totals (the benchmark's fixed aggregates; the retail
+    features need no per-day rows, see :func:`customer_aggregates`). The events are shuffled
+    once: they are hash-partitioned by ``customer_id`` alone, which satisfies the per-day
+    aggregation and a later per-customer one (keyed on both, the per-day rows would be shuffled
+    again: as many rows as events when customers seldom buy twice a day). Within a partition
+    the events are sorted by (customer_id, day) when the session streams sorted aggregations
     (:func:`segspark.session.sort_aggregation`, on in segspark's sessions): the per-day
     aggregation then streams (almost every event is its own customer-day, so a hash map only
-    grows, twice: partial and final) and its output arrives in the order the inter-purchase
-    window needs. Both together: 10^7 events aggregated in 3.7 s instead of 8.0 s on 2 cores
-    (``bench/w1_features.py``).
+    grows, twice: partial and final). Both together: 10^7 events aggregated in 3.7 s instead
+    of 8.0 s on 2 cores (``bench/w1_features.py``).
 
     Example:
         >>> customer_days(transactions, start=None, as_of=date(2024, 3, 31)).columns
