@@ -100,11 +100,7 @@ def customer_aggregates(
     recent_start = F.lit(window_start(as_of, cfg.trend_days))
     earlier_start = F.lit(window_start(as_of, 2 * cfg.trend_days))
 
-    events = (
-        transactions.where(in_window(F.col("event_time"), start, as_of))
-        .select("customer_id", F.to_date("event_time").alias("day"), "amount", "quantity")
-        .repartition("customer_id")
-    )
+    events = _events_by_customer(transactions, start=start, as_of=as_of)
     day, amount = F.col("day"), F.col("amount")
     by_day = Window.partitionBy("customer_id").orderBy(day)
     everything = by_day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
@@ -119,9 +115,10 @@ def customer_aggregates(
     # sorted by customer, and grouped on the customer alone Spark swaps its code-generated hash
     # aggregation for the sort-based one (spark.sql.execution.replaceHashWithSortAgg), which
     # runs without generated code when there are grouping keys and behind the window was the
-    # slower of the two: at 3*10^7 events the aggregates took 21.5 to 25.2 s in a fresh session
-    # instead of 26.8 to 28.5 s, and 13.9 s warm instead of 15.1 s; the whole features step at
-    # 10^8 took 96.3, 82.0 and 91.7 s against 99.4, 94.9 and 97.3 s.
+    # slower of the two (measured when the window still ran over one row per customer-day: at
+    # 3*10^7 events the aggregates took 21.5 to 25.2 s in a fresh session instead of 26.8 to
+    # 28.5 s, and 13.9 s warm instead of 15.1 s; the whole features step at 10^8 took 96.3,
+    # 82.0 and 91.7 s against 99.4, 94.9 and 97.3 s).
     per_customer = (
         events.groupBy("customer_id", F.xxhash64("customer_id").alias("_customer_hash"))
         .agg(
@@ -236,11 +233,7 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
         ['customer_id', 'day', 'amount', 'transactions', 'quantity', 'quantity_known']
     """
     require_columns(transactions, _COLUMNS, "transactions")
-    events = (
-        transactions.where(in_window(F.col("event_time"), start, as_of))
-        .select("customer_id", F.to_date("event_time").alias("day"), "amount", "quantity")
-        .repartition("customer_id")
-    )
+    events = _events_by_customer(transactions, start=start, as_of=as_of)
     if sort_aggregation(transactions.sparkSession):
         events = events.sortWithinPartitions("customer_id", "day")
     return events.groupBy("customer_id", "day").agg(
@@ -248,6 +241,16 @@ def customer_days(transactions: DataFrame, *, start: date | None, as_of: date) -
         F.count(F.lit(1)).alias("transactions"),
         F.sum("quantity").alias("quantity"),
         F.count("quantity").alias("quantity_known"),
+    )
+
+
+def _events_by_customer(transactions: DataFrame, *, start: date | None, as_of: date) -> DataFrame:
+    """The events in ``start .. as_of`` as (customer_id, day, amount, quantity), hash-partitioned
+    by ``customer_id`` alone: every per-customer step after it needs no other shuffle."""
+    return (
+        transactions.where(in_window(F.col("event_time"), start, as_of))
+        .select("customer_id", F.to_date("event_time").alias("day"), "amount", "quantity")
+        .repartition("customer_id")
     )
 
 
