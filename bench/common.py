@@ -553,12 +553,45 @@ def ensure_retail_dataset(nominal_rows: int, *, data_dir: Path = DATA) -> Datase
             RETAIL_END.isoformat(),
         ]
         subprocess.run(argv, check=True)
-    return Dataset(
+    dataset = Dataset(
         lake,
         nominal_rows,
         _records(lake / "transactions"),
         _records(lake / "customers"),
         RETAIL_END,
+    )
+    drift = size_drift(dataset)
+    if drift:
+        log.warning("%s", drift)
+    return dataset
+
+
+#: How far a lake's transactions may stray from its nominal size before the benchmark warns.
+SIZE_TOLERANCE = 0.1
+
+
+def size_drift(dataset: Dataset) -> str | None:
+    """A warning when ``dataset`` holds not about its nominal rows, else ``None``.
+
+    Lakes are sized as nominal rows / :data:`ROWS_PER_CUSTOMER` customers, a rate measured on
+    the generator. When the generator's purchase rates change, the constant goes stale and a
+    "10^7" lake silently holds another size (1.47·10^7 once, 9d940ae); results report the
+    actual rows, but the sizes stop being the ones the goals name.
+
+    Example:
+        >>> size_drift(Dataset(Path("retail-1e7"), 10**7, 14_666_734, 90_253, RETAIL_END))
+        'retail-1e7 holds 14,666,734 transactions, 46.7% more than its nominal ...'
+    """
+    if dataset.nominal_rows <= 0 or dataset.customers <= 0:
+        return None
+    if abs(dataset.rows - dataset.nominal_rows) <= SIZE_TOLERANCE * dataset.nominal_rows:
+        return None
+    off = dataset.rows / dataset.nominal_rows - 1
+    return (
+        f"{dataset.lake.name} holds {dataset.rows:,} transactions, {abs(off):.1%} "
+        f"{'more' if off > 0 else 'fewer'} than its nominal {dataset.nominal_rows:,}: "
+        f"{dataset.rows / dataset.customers:.1f} per customer against ROWS_PER_CUSTOMER "
+        f"{ROWS_PER_CUSTOMER}. Update the constant and delete the lake to regenerate it."
     )
 
 
