@@ -34,6 +34,11 @@ distance implies scikit-learn's criterion, so MLlib never stops earlier than sci
 ``loose`` gives ``sqrt(tol)``, the converse (scikit-learn's criterion implies MLlib's, so MLlib
 may stop earlier); ``same`` passes ``tol`` unchanged. ``max_iter`` is the same for both.
 
+Anatomy (``--anatomy N``, on by default): after the rounds, fits of 1 and of 1 + N iterations
+at the smallest and largest k split one segspark fit into a fixed cost and a cost per Lloyd
+iteration; interpolated over k and weighted by the sweep's own iterations, they say how much of
+the sweep is iterations, and so whether any saving outside MLlib's loop could reach a target.
+
 Quality: k-means|| (MLlib) and greedy k-means++ (scikit-learn) are different initialisations and
 a single start of either can land in a different local optimum, notably for k above the 5
 planted blobs. Per k the median and best WSSSE over the rounds are reported for both engines.
@@ -265,6 +270,90 @@ def spark_naive(state: SparkState, *, path: str, ks: Sequence[int]) -> tuple[flo
     return _measured(run)
 
 
+def spark_anatomy(
+    state: SparkState,
+    *,
+    path: str,
+    ks: Sequence[int],
+    partitions: int,
+    iterations: int,
+    repeat: int,
+    seed: int,
+) -> dict[str, Any]:
+    """What one of segspark's k-means fits costs: a fixed part and a part per Lloyd iteration.
+
+    At the smallest and the largest k, fits of 1 and of ``1 + iterations`` iterations (tol 0,
+    so only ``maxIter`` or an exact fixed point stops them) alternate ``repeat`` times on the
+    sweep's own cached vectors. Per iteration: the difference of the medians over the
+    difference of the iterations run; fixed: the 1-iteration fit less one iteration (the copy
+    of the vectors, k-means||, the summary's pass). Wall and CPU seconds of the worker process
+    and its JVM.
+    """
+    from segspark.model.pipeline import build_clusterer, fit_vectors, training_frame, vector_col
+
+    settings = _sweep_settings(state, partitions=partitions, max_iter=1, tol=0.0, seed=seed)
+    _, vectors = fit_vectors(
+        state.spark.read.parquet(path), FEATURES, settings, id_col="customer_id"
+    )
+    frame = training_frame(vectors, vector_col(settings))
+    out: dict[str, Any] = {}
+    try:
+        for k in sorted({min(ks), max(ks)}):
+            runs: dict[int, list[tuple[float, float, int]]] = {1: [], 1 + iterations: []}
+            for _ in range(repeat):
+                for max_iter, bucket in runs.items():
+                    fit = settings.model_copy(update={"max_iter": max_iter})
+                    clusterer = build_clusterer("kmeans", k, fit)
+
+                    def one_fit(c: Any = clusterer) -> dict[str, Any]:
+                        return {"iterations": int(c.fit(frame).summary.numIter)}
+
+                    seconds, extra = _measured(one_fit)
+                    bucket.append((seconds, extra["cpu_s"], extra["iterations"]))
+            short, long = runs[1], runs[1 + iterations]
+            ran = common.median(r[2] for r in long) - 1
+            if ran < 1:
+                raise RuntimeError(f"k={k}: the long fits stopped after one iteration")
+            row: dict[str, Any] = {"long_iterations": [r[2] for r in long]}
+            for unit, i in (("s", 0), ("cpu_s", 1)):
+                one = common.median(r[i] for r in short)
+                per = (common.median(r[i] for r in long) - one) / ran
+                row[f"per_iteration_{unit}"] = round(per, 4)
+                row[f"fixed_{unit}"] = round(one - per, 3)
+                row[f"runs_1_{unit}"] = [round(r[i], 3) for r in short]
+                row[f"runs_long_{unit}"] = [round(r[i], 3) for r in long]
+            out[str(k)] = row
+    finally:
+        vectors.unpersist()
+    return out
+
+
+def anatomy_budget(
+    anatomy: dict[str, Any], iterations: dict[int, float], sklearn_s: float | None
+) -> dict[str, Any]:
+    """The sweep's seconds split into fixed and per-iteration parts, against 3 × scikit-learn.
+
+    Each k's costs are interpolated linearly in k between the two measured ks (distances per
+    point grow with k), and its iterations are the sweep's median over the rounds.
+    """
+    measured = sorted(int(k) for k in anatomy)
+    lo, hi = measured[0], measured[-1]
+
+    def cost(key: str, k: int) -> float:
+        a, b = anatomy[str(lo)][key], anatomy[str(hi)][key]
+        return float(a if hi == lo else a + (b - a) * (k - lo) / (hi - lo))
+
+    out: dict[str, Any] = {"iterations": sum(iterations.values())}
+    for unit in ("s", "cpu_s"):
+        out[f"fixed_{unit}"] = round(sum(cost(f"fixed_{unit}", k) for k in iterations), 2)
+        out[f"iterations_{unit}"] = round(
+            sum(n * cost(f"per_iteration_{unit}", k) for k, n in iterations.items()), 2
+        )
+    if sklearn_s is not None:
+        out["budget_s"] = round(3 * sklearn_s, 2)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # scikit-learn (its own worker process)
 # --------------------------------------------------------------------------------------------
@@ -411,6 +500,24 @@ def measure_dataset(
                 results[a][key] / results[b][key], 2
             )
 
+    anatomy: dict[str, Any] | None = None
+    if args.anatomy and "segspark sweep" in runs:
+        anatomy = engines.get("spark").call(
+            spark_anatomy,
+            path=str(path),
+            ks=ks,
+            partitions=args.partitions,
+            iterations=args.anatomy,
+            repeat=args.repeat,
+            seed=args.seed,
+        )
+        sweep_iterations = {
+            k: common.median(m.extra["iterations"][k] for m in runs["segspark sweep"]) for k in ks
+        }
+        sklearn = results.get("sklearn")
+        anatomy["budget"] = anatomy_budget(
+            anatomy, sweep_iterations, sklearn["median_s"] if sklearn else None
+        )
     for key in ("median_s", "median_cpu_s"):
         ratio("segspark sweep", "sklearn", key)
         ratio("mllib naive", "segspark sweep", key)
@@ -428,6 +535,7 @@ def measure_dataset(
         "results": results,
         "ratios": ratios,
         "quality": quality(runs, ks),
+        "anatomy": anatomy,
         "per_round": {
             name: [
                 {
@@ -553,15 +661,57 @@ def render(payload: dict[str, Any]) -> str:
                 f". Of segspark's time, {seg['median_prepare_s']:.1f} s (median) is "
                 "`fit_vectors`: read, lay out by customer id, fit the scaler, cache the vectors"
             )
+        anatomy_text = render_anatomy(entry["anatomy"]) if entry.get("anatomy") else ""
         parts.append(
             f"## {entry['rows']:,} customers × {entry['features']} features, "
             f"k = {entry['ks'][0]}..{entry['ks'][-1]}\n\n"
             f"max_iter {entry['max_iter']}; scikit-learn tol {entry['tol_sklearn']:g}, "
             f"segspark's MLlib tol {entry['tol_mllib_segspark']:.3g}; "
             f"{entry['repeat']} alternating rounds.\n\n"
-            f"{table}\n\nRatios: {ratio_text}.\n\n{qtable}\n\n{verdict}\n"
+            f"{table}\n\nRatios: {ratio_text}.\n\n{qtable}\n\n{verdict}\n{anatomy_text}"
         )
     return "\n".join(parts)
+
+
+def render_anatomy(anatomy: dict[str, Any]) -> str:
+    rows = [
+        [
+            k,
+            row["fixed_s"],
+            row["per_iteration_s"],
+            row["fixed_cpu_s"],
+            row["per_iteration_cpu_s"],
+            common.tenths(row["runs_1_s"]),
+            common.tenths(row["runs_long_s"]),
+            "/".join(str(n) for n in row["long_iterations"]),
+        ]
+        for k, row in anatomy.items()
+        if k != "budget"
+    ]
+    table = common.markdown_table(
+        [
+            "k",
+            "fixed s",
+            "s per iteration",
+            "fixed CPU s",
+            "CPU s per iteration",
+            "1-iteration fits (s)",
+            "long fits (s)",
+            "long fits' iterations",
+        ],
+        rows,
+    )
+    b = anatomy["budget"]
+    text = (
+        f"\nAnatomy of one segspark fit (`--anatomy`: fits of 1 and 1 + N iterations, tol 0, "
+        f"alone on both cores):\n\n{table}\n\nInterpolated over k with the sweep's median "
+        f"iterations ({b['iterations']:g}), the sweep's fits are {b['fixed_s']:.1f} s of fixed "
+        f"cost and {b['iterations_s']:.1f} s of Lloyd iterations "
+        f"({b['fixed_cpu_s']:.1f} and {b['iterations_cpu_s']:.1f} CPU s)"
+    )
+    if "budget_s" in b:
+        text += f"; 3 × scikit-learn's sweep is {b['budget_s']:.1f} s"
+    return text + ".\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,6 +753,14 @@ def parser() -> argparse.ArgumentParser:
         default=100_000,
         help="rows of an untimed warm-up sweep per contender (0: none; default 1e5)",
     )
+    p.add_argument(
+        "--anatomy",
+        type=int,
+        default=30,
+        metavar="N",
+        help="after the rounds, split a segspark fit into fixed and per-iteration cost by "
+        "fits of 1 and 1+N iterations at k-min and k-max (0: skip; default 30)",
+    )
     p.add_argument("--name", default=WORKLOAD, help="results file name (default w2)")
     p.add_argument("--data-dir", type=Path, default=common.DATA, help="generated data cache")
     return p
@@ -624,6 +782,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "scheduler": args.scheduler,
         "mllib_tol": args.mllib_tol,
         "warmup_rows": args.warmup,
+        "anatomy_iterations": args.anatomy,
     }
     payload["datasets"] = []
     engines = Engines(args.scheduler)
