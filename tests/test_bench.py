@@ -32,3 +32,33 @@ def test_size_drift_accepts_a_lake_within_a_tenth_of_nominal() -> None:
     assert size_drift(_lake(10_000_000, 11_000_000, 61_538)) is None
     assert size_drift(_lake(10_000_000, 11_000_001, 61_538)) is not None
     assert size_drift(_lake(10_000_000, 0, 0)) is None
+
+
+def test_anatomy_budget_interpolates_costs_over_k_and_weighs_them_by_iterations() -> None:
+    from bench.w2_ksweep import anatomy_budget
+
+    anatomy = {
+        "2": {
+            "fixed_s": 2.0,
+            "per_iteration_s": 0.1,
+            "fixed_cpu_s": 4.0,
+            "per_iteration_cpu_s": 0.2,
+        },
+        "10": {
+            "fixed_s": 3.0,
+            "per_iteration_s": 0.2,
+            "fixed_cpu_s": 6.0,
+            "per_iteration_cpu_s": 0.4,
+        },
+    }
+    # k = 6 sits halfway: fixed 2.5 s, 0.15 s per iteration (0.3 CPU s).
+    budget = anatomy_budget(anatomy, {2: 5, 6: 10, 10: 50}, 9.88)
+    assert budget == {
+        "iterations": 65,
+        "fixed_s": 7.5,
+        "iterations_s": 12.0,  # 5 × 0.1 + 10 × 0.15 + 50 × 0.2
+        "fixed_cpu_s": 15.0,
+        "iterations_cpu_s": 24.0,
+        "budget_s": 29.64,
+    }
+    assert "budget_s" not in anatomy_budget(anatomy, {2: 5}, None)
