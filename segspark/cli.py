@@ -14,14 +14,18 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from segspark import __version__
 from segspark.config import Settings, load_settings
-from segspark.errors import SegsparkError
+from segspark.errors import SegsparkError, Terminated
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -140,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_py4j(record: logging.LogRecord) -> bool:
+    """False for Py4J's own records, including those it logs on the root logger.
+
+    A call into the JVM that fails raises in Python, and the CLI reports that in one line; Py4J
+    also logs the same failure with a traceback, at ERROR, and so does every Ctrl-C or SIGTERM
+    that cuts a call short ("KeyboardInterrupt while sending command", then a broken pipe while
+    it closes the connection). With ``-v`` the records stay.
+    """
+    if record.name == "py4j" or record.name.startswith("py4j."):
+        return False
+    return os.sep + "py4j" + os.sep not in record.pathname
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -147,6 +164,9 @@ def _configure_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_py4j)
     for noisy in ("py4j", "alembic", "urllib3", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # urllib3 warns about every retry of an unreachable tracking server; the failure (or the
@@ -183,6 +203,31 @@ def _jvm_cause(exc: BaseException) -> str | None:
     return line
 
 
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While inside, the first SIGTERM raises :class:`~segspark.errors.Terminated`.
+
+    Python's default for SIGTERM ends the process on the spot: an MLflow run in progress stays
+    RUNNING for good and nothing is cleaned up. Raised instead, it unwinds like Ctrl-C (the step
+    run ends KILLED; a Delta commit is atomic either way). Python runs the handler in the main
+    thread, between two bytecodes: a driver blocked in a Spark action may see it only when the
+    action returns. A second SIGTERM during the unwinding ends the process at once, as before.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``sys.exit`` is left to the caller)."""
     parser = build_parser()
@@ -195,11 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(bool(args.verbose))
     ctx = Context(args)
     try:
-        return int(args.handler(ctx, args))
+        with _sigterm_unwinds():
+            return int(args.handler(ctx, args))
     except SegsparkError as exc:
         log.info("failed", exc_info=True)  # shown with --verbose
         print(f"segspark: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("segspark: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("segspark: interrupted", file=sys.stderr)
         return 130

@@ -50,3 +50,10 @@ class WriteConflictError(SegsparkError):
 
 class TrackingError(SegsparkError):
     """The MLflow tracking store is unreachable or failed (exit code 1)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (``docker stop``, Kubernetes, a cluster manager's kill; exit code 143).
+
+    A :class:`KeyboardInterrupt`, so it unwinds like Ctrl-C: an MLflow step run ends KILLED.
+    """

@@ -551,6 +551,9 @@ def step_run(
         if params:
             mlflow.log_params(dict(params))
         run = mlflow.get_run(run_id)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated) before the block: MLflow's
+        _end_quietly(RunStatus.to_string(RunStatus.KILLED))  # exit hook would end it FINISHED
+        raise
     except Exception as exc:
         _end_quietly(RunStatus.to_string(RunStatus.FAILED))
         raise _tracking_error(uri, exc) from exc

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from segspark import __version__
 from segspark.config import Settings, load_settings
-from segspark.errors import ConfigError, TrackingError, UsageError
+from segspark.errors import ConfigError, Terminated, TrackingError, UsageError
 from segspark.tracking import (
     artifact_location,
     configure,
@@ -210,6 +210,40 @@ def test_an_exception_inside_marks_the_run_failed_and_propagates(
     assert stored.info.status == "FAILED"
     assert stored.info.run_name == "features energy"
     assert stored.data.tags["as_of"] == ""
+
+
+@pytest.mark.parametrize("where", ["before the block", "inside the block"])
+def test_an_interrupt_marks_the_run_killed_and_propagates(
+    store: tuple[Settings, str, Path], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Ctrl-C, or SIGTERM (the CLI raises Terminated, a KeyboardInterrupt): never left RUNNING,
+    # and never FINISHED by MLflow's exit hook, even while the run's params are being logged.
+    settings, uri, _ = store
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("segspark/telecom")
+    before = (
+        {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
+        if experiment
+        else set()
+    )
+    if where == "before the block":
+
+        def interrupted(params: object) -> None:
+            raise Terminated("SIGTERM")
+
+        monkeypatch.setattr(mlflow, "log_params", interrupted)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        step_run(settings, uri, domain="telecom", step="train", params={"k": 3}),
+    ):
+        raise Terminated("SIGTERM")
+    assert mlflow.active_run() is None
+    experiment = client.get_experiment_by_name("segspark/telecom")
+    assert experiment is not None
+    runs = [
+        r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id not in before
+    ]
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("train telecom", "KILLED")]
 
 
 def test_a_step_run_inside_another_is_nested(store: tuple[Settings, str, Path]) -> None:

@@ -154,8 +154,8 @@ def spawn(root: Path, *args: str, logs: Path, env: Mapping[str, str] | None = No
     return Child(proc, out, err)
 
 
-def kill_when(child: Child, ready: Callable[[], bool], *, timeout: float = 480) -> None:
-    """Poll ``ready`` every few milliseconds; SIGKILL the child's process group once it holds."""
+def wait_until(child: Child, ready: Callable[[], bool], *, timeout: float = 480) -> None:
+    """Poll ``ready`` every few milliseconds until it holds, while the child still runs."""
     deadline = time.monotonic() + timeout
     while not ready():
         if child.proc.poll() is not None:
@@ -167,6 +167,11 @@ def kill_when(child: Child, ready: Callable[[], bool], *, timeout: float = 480) 
             child.kill_group()
             raise AssertionError("the kill moment never came")
         time.sleep(0.005)
+
+
+def kill_when(child: Child, ready: Callable[[], bool], *, timeout: float = 480) -> None:
+    """SIGKILL the child's process group once ``ready`` holds (:func:`wait_until`)."""
+    wait_until(child, ready, timeout=timeout)
     os.killpg(child.proc.pid, signal.SIGKILL)
     assert child.proc.wait(timeout=60) == -signal.SIGKILL
 

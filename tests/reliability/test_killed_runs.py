@@ -9,10 +9,14 @@ no reader returned meanwhile.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from ._support import (
@@ -23,12 +27,14 @@ from ._support import (
     Child,
     check_lake,
     kill_when,
+    last_line,
     ok,
     orphans,
     read_rows,
     segment_rows,
     spawn,
     tables,
+    wait_until,
 )
 from .conftest import Baseline
 
@@ -131,5 +137,48 @@ def test_runs_killed_from_outside_at_timed_moments_recover(
     child = spawn(fresh, *RUN, D1, logs=logs)
     kill_when(child, lambda: _staged(fresh / "segment_snapshots"))
     child.kill_group()
+    check_lake(fresh, baseline.rows)
+    _recover(spark, fresh, baseline, D1)
+
+
+def _running(db: Path, step: str) -> bool:
+    """Whether the lake's MLflow store holds a RUNNING run of ``step`` with its params logged."""
+    if not db.exists():
+        return False
+    # immutable: take no lock, so the peek never makes the run's own writes wait or fail
+    peek = f"file:{db}?mode=ro&immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(peek, uri=True)) as db_:
+            query = (
+                "SELECT count(*) FROM runs r WHERE r.status = 'RUNNING' AND r.name LIKE ? "
+                "AND EXISTS (SELECT 1 FROM params p WHERE p.run_uuid = r.run_uuid)"
+            )
+            (count,) = db_.execute(query, (f"{step} %",)).fetchone()
+    except sqlite3.Error:  # not created yet, or caught mid-write
+        return False
+    return bool(count)
+
+
+def test_a_run_terminated_with_sigterm_unwinds_and_marks_its_mlflow_run_killed(
+    spark: SparkSession, baseline: Baseline, fresh: Path, tmp_path: Path
+) -> None:
+    # SIGTERM to segspark alone, as `docker stop` (through compose's init) or Kubernetes send
+    # it, once the train step's MLflow run is under way.
+    db = fresh / "_mlflow" / "mlflow.db"
+    child = spawn(fresh, *RUN, D1, logs=tmp_path / "logs")
+    wait_until(child, lambda: _running(db, "train"))
+    os.kill(child.proc.pid, signal.SIGTERM)
+    result = child.wait(timeout=120)
+    assert result.code == 143, result.err[-3000:]
+    assert last_line(result.err) == "segspark: terminated"
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(f"segspark/{DOMAIN}")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted((r.data.tags["step"], r.info.status) for r in runs) == [
+        ("features", "FINISHED"),
+        ("train", "KILLED"),
+    ]
+    assert all(r.info.end_time for r in runs)
     check_lake(fresh, baseline.rows)
     _recover(spark, fresh, baseline, D1)
