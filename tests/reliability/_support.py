@@ -176,6 +176,21 @@ def kill_when(child: Child, ready: Callable[[], bool], *, timeout: float = 480) 
     assert child.proc.wait(timeout=60) == -signal.SIGKILL
 
 
+def step_runs(db: Path) -> list[Any]:
+    """The MLflow runs of ``segspark/<DOMAIN>`` in the SQLite store ``db`` (it must exist)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(f"segspark/{DOMAIN}")
+    assert experiment is not None
+    return list(client.search_runs([experiment.experiment_id]))
+
+
+def run_statuses(runs: Iterable[Any]) -> list[tuple[str, str]]:
+    """(step tag, status) of each run, sorted."""
+    return sorted((r.data.tags["step"], r.info.status) for r in runs)
+
+
 # --- reading tables --------------------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from ._support import (
@@ -31,8 +30,10 @@ from ._support import (
     ok,
     orphans,
     read_rows,
+    run_statuses,
     segment_rows,
     spawn,
+    step_runs,
     tables,
     wait_until,
 )
@@ -171,14 +172,8 @@ def test_a_run_terminated_with_sigterm_unwinds_and_marks_its_mlflow_run_killed(
     result = child.wait(timeout=120)
     assert result.code == 143, result.err[-3000:]
     assert last_line(result.err) == "segspark: terminated"
-    client = MlflowClient(f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name(f"segspark/{DOMAIN}")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted((r.data.tags["step"], r.info.status) for r in runs) == [
-        ("features", "FINISHED"),
-        ("train", "KILLED"),
-    ]
+    runs = step_runs(db)
+    assert run_statuses(runs) == [("features", "FINISHED"), ("train", "KILLED")]
     assert all(r.info.end_time for r in runs)
     check_lake(fresh, baseline.rows)
     _recover(spark, fresh, baseline, D1)

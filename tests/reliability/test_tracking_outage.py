@@ -19,7 +19,7 @@ import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
-from ._support import D1, DOMAIN, segment_rows, segspark, tables
+from ._support import D1, DOMAIN, run_statuses, segment_rows, segspark, step_runs, tables
 from .conftest import Baseline
 
 TIMEOUT_S, RETRIES = 2, 1
@@ -97,15 +97,11 @@ def test_with_tracking_not_required_the_run_records_to_the_fallback_store(
         warning,
     ), warning
     assert segment_rows(fresh, D1) == baseline.segments[D1]
-    client = MlflowClient(f"sqlite:///{fallback}")
-    experiment = client.get_experiment_by_name(f"segspark/{DOMAIN}")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted((r.data.tags["step"], r.info.status) for r in runs) == [
-        ("features", "FINISHED"),
-        ("train", "FINISHED"),
-    ]
-    champion = client.get_model_version_by_alias(f"segspark-{DOMAIN}", "champion")
+    runs = step_runs(fallback)
+    assert run_statuses(runs) == [("features", "FINISHED"), ("train", "FINISHED")]
+    champion = MlflowClient(f"sqlite:///{fallback}").get_model_version_by_alias(
+        f"segspark-{DOMAIN}", "champion"
+    )
     train = next(r for r in runs if r.data.tags["step"] == "train")
     assert champion.run_id == train.info.run_id
     assert not (fresh / "_mlflow" / "mlflow.db").exists()
